@@ -1,0 +1,2 @@
+//! The voronka binary.
+fn main() {}

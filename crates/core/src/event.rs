@@ -1,0 +1,81 @@
+//! Kinds of events in a contact's append-only log.
+
+use serde::{Deserialize, Serialize};
+
+/// What happened. Stored as its snake_case name; new kinds are added as channels, flows
+/// and broadcasts land.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The contact was created (by API, UI or an inbound message).
+    ContactCreated,
+    /// The contact was created or changed by a CSV import.
+    ContactImported,
+    /// Profile attributes changed.
+    ProfileUpdated,
+    /// A tag was added.
+    TagAdded,
+    /// A tag was removed.
+    TagRemoved,
+    /// A custom field was set.
+    FieldSet,
+    /// A custom field was unset.
+    FieldUnset,
+    /// An identity (channel address) was attached.
+    IdentityAdded,
+    /// An identity was detached.
+    IdentityRemoved,
+    /// The subscription on an identity changed state or topics.
+    SubscriptionChanged,
+    /// The contact's data was exported on request.
+    DataExported,
+    /// The contact's personal data was erased.
+    Erased,
+    /// A custom event posted through the API.
+    Custom,
+}
+
+impl EventKind {
+    /// The stable name used in storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::ContactCreated => "contact_created",
+            EventKind::ContactImported => "contact_imported",
+            EventKind::ProfileUpdated => "profile_updated",
+            EventKind::TagAdded => "tag_added",
+            EventKind::TagRemoved => "tag_removed",
+            EventKind::FieldSet => "field_set",
+            EventKind::FieldUnset => "field_unset",
+            EventKind::IdentityAdded => "identity_added",
+            EventKind::IdentityRemoved => "identity_removed",
+            EventKind::SubscriptionChanged => "subscription_changed",
+            EventKind::DataExported => "data_exported",
+            EventKind::Erased => "erased",
+            EventKind::Custom => "custom",
+        }
+    }
+}
+
+impl std::str::FromStr for EventKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let all = [
+            EventKind::ContactCreated,
+            EventKind::ContactImported,
+            EventKind::ProfileUpdated,
+            EventKind::TagAdded,
+            EventKind::TagRemoved,
+            EventKind::FieldSet,
+            EventKind::FieldUnset,
+            EventKind::IdentityAdded,
+            EventKind::IdentityRemoved,
+            EventKind::SubscriptionChanged,
+            EventKind::DataExported,
+            EventKind::Erased,
+            EventKind::Custom,
+        ];
+        all.into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown event kind `{s}`"))
+    }
+}

@@ -1,0 +1,1 @@
+//! Voronka engine.

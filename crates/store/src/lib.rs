@@ -1,0 +1,228 @@
+//! Voronka's storage layer: one trait per area, implemented on SQLite (the embedded
+//! default) and on PostgreSQL (scale-out).
+//!
+//! Every method that touches business data takes the [`WorkspaceId`] first and every
+//! query filters by it, so isolation between workspaces is a property of this API, not a
+//! habit of its callers: another workspace's object is simply [`StoreError::NotFound`].
+//! Changes to a contact append to its event log in the same transaction.
+
+pub mod error;
+pub mod model;
+pub mod postgres;
+pub mod sqlite;
+pub mod testing;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use serde_json::Value;
+use std::sync::Arc;
+use voronka_core::event::EventKind;
+use voronka_core::field::{FieldSpec, FieldValue};
+use voronka_core::filter::ContactFilter;
+use voronka_core::field::FieldDefinition;
+use voronka_core::subscription::SubscriptionChange;
+use voronka_core::*;
+
+pub use error::{Result, StoreError};
+pub use model::*;
+
+/// Workspaces.
+#[async_trait]
+pub trait WorkspaceStore {
+    /// Creates a workspace.
+    async fn create_workspace(&self, name: &str) -> Result<Workspace>;
+    /// Reads a workspace.
+    async fn get_workspace(&self, id: WorkspaceId) -> Result<Workspace>;
+    /// Lists all workspaces (for operators of the install).
+    async fn list_workspaces(&self) -> Result<Vec<Workspace>>;
+}
+
+/// Users and their memberships.
+#[async_trait]
+pub trait UserStore {
+    /// Creates a user and makes them a member of `ws`; if the e-mail is already a user,
+    /// adds the membership (keeping their password). Conflict `member_exists` if they
+    /// are already a member.
+    async fn create_user(&self, ws: WorkspaceId, new: NewUser) -> Result<Member>;
+    /// Finds a user by login e-mail (case-insensitive), with the password hash.
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<UserLogin>>;
+    /// Lists a workspace's members.
+    async fn list_members(&self, ws: WorkspaceId) -> Result<Vec<Member>>;
+}
+
+/// API keys.
+#[async_trait]
+pub trait ApiKeyStore {
+    /// Stores a new key.
+    async fn create_api_key(&self, ws: WorkspaceId, new: NewApiKey) -> Result<ApiKey>;
+    /// Finds a key by its public prefix, in any workspace (authentication).
+    async fn find_api_key(&self, prefix: &str) -> Result<Option<ApiKeyAuth>>;
+    /// Records use of a key.
+    async fn touch_api_key(&self, id: ApiKeyId, at: Timestamp) -> Result<()>;
+    /// Lists a workspace's keys, revoked ones included.
+    async fn list_api_keys(&self, ws: WorkspaceId) -> Result<Vec<ApiKey>>;
+    /// Revokes a key (idempotent: revoking again keeps the first time).
+    async fn revoke_api_key(&self, ws: WorkspaceId, id: ApiKeyId) -> Result<ApiKey>;
+}
+
+/// Channels.
+#[async_trait]
+pub trait ChannelStore {
+    /// Connects a channel.
+    async fn create_channel(&self, ws: WorkspaceId, new: NewChannel) -> Result<Channel>;
+    /// Reads a channel.
+    async fn get_channel(&self, ws: WorkspaceId, id: ChannelId) -> Result<Channel>;
+    /// Lists channels.
+    async fn list_channels(&self, ws: WorkspaceId) -> Result<Vec<Channel>>;
+    /// Changes a channel.
+    async fn update_channel(&self, ws: WorkspaceId, id: ChannelId, patch: ChannelPatch) -> Result<Channel>;
+    /// Removes a channel; conflict `channel_in_use` while identities use it.
+    async fn delete_channel(&self, ws: WorkspaceId, id: ChannelId) -> Result<()>;
+}
+
+/// Tags and custom field definitions (the workspace's "schema").
+#[async_trait]
+pub trait SchemaStore {
+    /// Creates a tag; conflict `tag_exists` if the name is taken.
+    async fn create_tag(&self, ws: WorkspaceId, name: &str) -> Result<Tag>;
+    /// Lists tags with contact counts, by name.
+    async fn list_tags(&self, ws: WorkspaceId) -> Result<Vec<Tag>>;
+    /// Deletes a tag and removes it from every contact.
+    async fn delete_tag(&self, ws: WorkspaceId, id: TagId) -> Result<()>;
+    /// Creates a field definition; conflict `field_exists` if the key is taken.
+    async fn create_field(&self, ws: WorkspaceId, spec: FieldSpec) -> Result<FieldDefinition>;
+    /// Lists field definitions, by key.
+    async fn list_fields(&self, ws: WorkspaceId) -> Result<Vec<FieldDefinition>>;
+    /// Deletes a field definition and its values.
+    async fn delete_field(&self, ws: WorkspaceId, id: FieldId) -> Result<()>;
+}
+
+/// Contacts, identities, subscriptions, tags and fields on contacts, events, import.
+#[async_trait]
+pub trait ContactStore {
+    /// Creates a contact with its tags, fields and identities in one transaction.
+    /// Conflict `identity_taken` if an identity already belongs to someone.
+    async fn create_contact(&self, ws: WorkspaceId, new: NewContact) -> Result<Contact>;
+    /// Reads a contact with tags, fields and identities.
+    async fn get_contact(&self, ws: WorkspaceId, id: ContactId) -> Result<Contact>;
+    /// Replaces the profile (the caller applied its patch); records `profile_updated`
+    /// with the changed attribute names when anything changed.
+    async fn update_profile(&self, ws: WorkspaceId, id: ContactId, profile: voronka_core::contact::Profile) -> Result<Contact>;
+    /// Deletes a contact and everything attached to it.
+    async fn delete_contact(&self, ws: WorkspaceId, id: ContactId) -> Result<()>;
+    /// Lists contacts newest first, filtered, one page at a time.
+    async fn list_contacts(&self, ws: WorkspaceId, query: &ContactQuery) -> Result<Page<Contact, ContactId>>;
+    /// Counts contacts matching a filter, in the database (never by loading them).
+    async fn count_contacts(&self, ws: WorkspaceId, filter: &ContactFilter) -> Result<u64>;
+    /// Adds tags (creating missing ones); returns the names that were newly added.
+    async fn add_tags(&self, ws: WorkspaceId, id: ContactId, names: &[String]) -> Result<Vec<String>>;
+    /// Removes a tag by name; returns whether the contact had it.
+    async fn remove_tag(&self, ws: WorkspaceId, id: ContactId, name: &str) -> Result<bool>;
+    /// Sets field values; records `field_set` for each value that changed.
+    async fn set_fields(&self, ws: WorkspaceId, id: ContactId, values: Vec<FieldValue>) -> Result<()>;
+    /// Unsets a field; returns whether it had a value.
+    async fn unset_field(&self, ws: WorkspaceId, id: ContactId, field: FieldId) -> Result<bool>;
+    /// Attaches an identity; conflict `identity_taken` if the channel address is used.
+    async fn add_identity(&self, ws: WorkspaceId, id: ContactId, new: NewIdentity) -> Result<Identity>;
+    /// Detaches an identity.
+    async fn remove_identity(&self, ws: WorkspaceId, id: ContactId, identity: IdentityId) -> Result<()>;
+    /// Changes the subscription on an identity, appending to its history.
+    async fn set_subscription(
+        &self,
+        ws: WorkspaceId,
+        id: ContactId,
+        identity: IdentityId,
+        change: SubscriptionChange,
+    ) -> Result<Identity>;
+    /// The contact's consent history, oldest first.
+    async fn subscription_history(&self, ws: WorkspaceId, id: ContactId) -> Result<Vec<SubscriptionRecord>>;
+    /// Appends an event to the contact's log.
+    async fn append_event(&self, ws: WorkspaceId, id: ContactId, kind: EventKind, data: Value) -> Result<Event>;
+    /// The contact's events, newest first, one page at a time.
+    async fn list_events(
+        &self,
+        ws: WorkspaceId,
+        id: ContactId,
+        before: Option<EventId>,
+        limit: u32,
+    ) -> Result<Page<Event, EventId>>;
+    /// Everything stored about a contact.
+    async fn export_contact(&self, ws: WorkspaceId, id: ContactId) -> Result<ContactExport>;
+    /// Erases a contact's personal data: profile, identities, field values, tags,
+    /// consent proof, event details and saved API answers about them. Keeps an anonymous
+    /// contact row, the kinds and times of its events and its consent states, so counts
+    /// stay right. Idempotent.
+    async fn erase_contact(&self, ws: WorkspaceId, id: ContactId) -> Result<()>;
+    /// Upserts a batch of import rows (matching by identity, then phone, then e-mail).
+    /// Each row succeeds or fails on its own; re-importing the same rows changes nothing.
+    async fn import_contacts(&self, ws: WorkspaceId, rows: Vec<ImportRow>) -> Result<Vec<ImportOutcome>>;
+}
+
+/// Idempotency keys for `POST` requests.
+#[async_trait]
+pub trait IdempotencyStore {
+    /// Reserves `key` for a request with `request_hash`, or reports what is known of it.
+    async fn idempotency_begin(&self, ws: WorkspaceId, key: &str, request_hash: &str) -> Result<IdempotencyBegin>;
+    /// Saves the response of a started request. `contact` links it to a contact so
+    /// erasure can delete it.
+    async fn idempotency_complete(
+        &self,
+        ws: WorkspaceId,
+        key: &str,
+        response: SavedResponse,
+        contact: Option<ContactId>,
+    ) -> Result<()>;
+    /// Releases a reservation whose request failed without effect, so it can be retried.
+    async fn idempotency_abort(&self, ws: WorkspaceId, key: &str) -> Result<()>;
+    /// Deletes records older than `before`; returns how many.
+    async fn idempotency_purge(&self, before: Timestamp) -> Result<u64>;
+}
+
+/// Running the database itself.
+#[async_trait]
+pub trait AdminStore {
+    /// Applies pending migrations; returns how many ran.
+    async fn migrate(&self) -> Result<usize>;
+    /// Checks the database answers.
+    async fn ping(&self) -> Result<()>;
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+    /// Lists `table.column` pairs where any text contains `needle`: the check that an
+    /// erasure left nothing behind.
+    async fn find_text_everywhere(&self, needle: &str) -> Result<Vec<String>>;
+}
+
+/// The whole storage API.
+pub trait Store:
+    WorkspaceStore + UserStore + ApiKeyStore + ChannelStore + SchemaStore + ContactStore + IdempotencyStore + AdminStore + Send + Sync
+{
+}
+
+impl<T> Store for T where
+    T: WorkspaceStore + UserStore + ApiKeyStore + ChannelStore + SchemaStore + ContactStore + IdempotencyStore + AdminStore + Send + Sync
+{
+}
+
+/// A shared handle to whichever backend is configured.
+pub type DynStore = Arc<dyn Store>;
+
+/// Opens the store named by `url` without migrating: `sqlite://path/to/file.db` (or a
+/// bare path ending in `.db`) or `postgres://…`.
+pub async fn connect(url: &str) -> Result<DynStore> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::connect(url).await?))
+    } else {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path)).await?))
+    }
+}
+
+/// Opens and migrates the store named by `url`.
+pub async fn connect_and_migrate(url: &str) -> Result<DynStore> {
+    let store = connect(url).await?;
+    store.migrate().await?;
+    Ok(store)
+}
