@@ -6,6 +6,7 @@
 //! habit of its callers: another workspace's object is simply [`StoreError::NotFound`].
 //! Changes to a contact append to its event log in the same transaction.
 
+mod stub;
 pub mod error;
 pub mod model;
 pub mod postgres;

@@ -15,3 +15,4 @@ impl PgStore {
         Err(crate::StoreError::Database("not yet implemented".into()))
     }
 }
+crate::stub_store!(PgStore);

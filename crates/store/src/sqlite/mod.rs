@@ -9,3 +9,4 @@ impl SqliteStore {
         Err(crate::StoreError::Database("not yet implemented".into()))
     }
 }
+crate::stub_store!(SqliteStore);
