@@ -31,7 +31,11 @@ pub fn generate() -> GeneratedKey {
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
     let token = format!("vk_{prefix}_{secret}");
     let hash = hash(&token);
-    GeneratedKey { token, prefix, hash }
+    GeneratedKey {
+        token,
+        prefix,
+        hash,
+    }
 }
 
 /// The prefix of a token, if it has the right shape.

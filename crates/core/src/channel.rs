@@ -102,7 +102,10 @@ impl std::str::FromStr for ChannelStatus {
 pub fn display_name(field: &str, name: &str) -> Result<String, ValidationError> {
     let t = name.trim();
     if t.is_empty() || t.chars().count() > 100 || t.chars().any(|c| c.is_control()) {
-        return Err(ValidationError::new(field, "must be 1 to 100 characters, no control characters"));
+        return Err(ValidationError::new(
+            field,
+            "must be 1 to 100 characters, no control characters",
+        ));
     }
     Ok(t.to_string())
 }
@@ -111,7 +114,10 @@ pub fn display_name(field: &str, name: &str) -> Result<String, ValidationError> 
 pub fn external_id(v: &str) -> Result<String, ValidationError> {
     let t = v.trim();
     if t.is_empty() || t.len() > 255 || t.chars().any(|c| c.is_control()) {
-        return Err(ValidationError::new("external_id", "must be 1 to 255 characters, no control characters"));
+        return Err(ValidationError::new(
+            "external_id",
+            "must be 1 to 255 characters, no control characters",
+        ));
     }
     Ok(t.to_string())
 }

@@ -157,7 +157,10 @@ fn short_text(field: &str, v: String) -> Result<String, ValidationError> {
         ));
     }
     if v.chars().any(|c| c.is_control()) {
-        return Err(ValidationError::new(field, "must not contain control characters"));
+        return Err(ValidationError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(v)
 }
@@ -219,8 +222,10 @@ pub fn language(v: String) -> Result<String, ValidationError> {
     let t = v.trim().replace('_', "-");
     let mut parts = t.split('-');
     let primary = parts.next().unwrap_or_default();
-    let ok_primary = (2..=3).contains(&primary.len()) && primary.chars().all(|c| c.is_ascii_alphabetic());
-    let ok_rest = parts.all(|p| (1..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric()));
+    let ok_primary =
+        (2..=3).contains(&primary.len()) && primary.chars().all(|c| c.is_ascii_alphabetic());
+    let ok_rest =
+        parts.all(|p| (1..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric()));
     if !ok_primary || !ok_rest {
         return Err(ValidationError::new(
             "language",
@@ -246,7 +251,9 @@ pub fn time_zone(v: String) -> Result<String, ValidationError> {
         Ok(_) => Ok(t.to_string()),
         Err(_) => Err(ValidationError::new(
             "time_zone",
-            format!("`{t}` is not a known time zone (expected an IANA name such as `Europe/Moscow`)"),
+            format!(
+                "`{t}` is not a known time zone (expected an IANA name such as `Europe/Moscow`)"
+            ),
         )),
     }
 }
@@ -269,7 +276,10 @@ mod tests {
 
     #[test]
     fn phone_normalises() {
-        assert_eq!(phone("+7 (916) 123-45-67".into()).as_deref(), Ok("+79161234567"));
+        assert_eq!(
+            phone("+7 (916) 123-45-67".into()).as_deref(),
+            Ok("+79161234567")
+        );
         assert_eq!(phone("79161234567".into()).as_deref(), Ok("+79161234567"));
         assert!(phone("123".into()).is_err());
         assert!(phone("+7 916 abc".into()).is_err());
@@ -277,7 +287,10 @@ mod tests {
 
     #[test]
     fn email_checks_shape() {
-        assert_eq!(email("Ivan@Example.RU".into()).as_deref(), Ok("Ivan@example.ru"));
+        assert_eq!(
+            email("Ivan@Example.RU".into()).as_deref(),
+            Ok("Ivan@example.ru")
+        );
         for bad in ["ivan", "ivan@", "@x.ru", "a b@x.ru", "a@x", "a@.ru"] {
             assert!(email(bad.into()).is_err(), "{bad}");
         }

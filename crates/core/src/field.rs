@@ -102,19 +102,31 @@ impl FieldSpec {
         for c in self.choices {
             let c = c.trim().to_string();
             if c.is_empty() || c.chars().count() > 100 {
-                return Err(ValidationError::new("choices", "each choice must be 1 to 100 characters"));
+                return Err(ValidationError::new(
+                    "choices",
+                    "each choice must be 1 to 100 characters",
+                ));
             }
             if choices.contains(&c) {
-                return Err(ValidationError::new("choices", format!("`{c}` appears twice")));
+                return Err(ValidationError::new(
+                    "choices",
+                    format!("`{c}` appears twice"),
+                ));
             }
             choices.push(c);
         }
         match (self.field_type, choices.is_empty()) {
             (FieldType::Choice, true) => {
-                return Err(ValidationError::new("choices", "a choice field needs at least one choice"))
+                return Err(ValidationError::new(
+                    "choices",
+                    "a choice field needs at least one choice",
+                ))
             }
             (t, false) if t != FieldType::Choice => {
-                return Err(ValidationError::new("choices", "only choice fields have choices"))
+                return Err(ValidationError::new(
+                    "choices",
+                    "only choice fields have choices",
+                ))
             }
             _ => {}
         }
@@ -155,11 +167,17 @@ pub struct FieldValue {
 impl FieldValue {
     /// Validates a JSON value for `def`. Strings are accepted for every type (as from a
     /// CSV cell) and parsed; `field` is the name to report on error.
-    pub fn validate(def: &FieldDefinition, v: &Value, field: &str) -> Result<FieldValue, ValidationError> {
+    pub fn validate(
+        def: &FieldDefinition,
+        v: &Value,
+        field: &str,
+    ) -> Result<FieldValue, ValidationError> {
         let t = def.spec.field_type;
         let bad = |m: String| ValidationError::new(field, m);
         let (text, num) = match (t, v) {
-            (_, Value::Null) => return Err(bad("must not be null (unset the field instead)".into())),
+            (_, Value::Null) => {
+                return Err(bad("must not be null (unset the field instead)".into()))
+            }
             (FieldType::Text, Value::String(s)) => {
                 if s.chars().count() > MAX_TEXT_VALUE {
                     return Err(bad(format!("must be at most {MAX_TEXT_VALUE} characters")));
@@ -234,7 +252,12 @@ impl FieldValue {
     }
 
     /// Rebuilds a value read back from storage.
-    pub fn from_storage(field_id: FieldId, field_type: FieldType, text: Option<String>, num: Option<f64>) -> Self {
+    pub fn from_storage(
+        field_id: FieldId,
+        field_type: FieldType,
+        text: Option<String>,
+        num: Option<f64>,
+    ) -> Self {
         Self {
             field_id,
             field_type,
@@ -319,7 +342,10 @@ mod tests {
     #[test]
     fn values_are_checked_against_type() {
         let n = def(FieldType::Number, &[]);
-        assert_eq!(FieldValue::validate(&n, &json!("42,5"), "f").map(|v| v.num()), Ok(Some(42.5)));
+        assert_eq!(
+            FieldValue::validate(&n, &json!("42,5"), "f").map(|v| v.num()),
+            Ok(Some(42.5))
+        );
         assert!(FieldValue::validate(&n, &json!(true), "f").is_err());
         let d = def(FieldType::Date, &[]);
         let v = FieldValue::validate(&d, &json!("1970-01-11"), "f").expect("date");
@@ -333,7 +359,10 @@ mod tests {
         let v = FieldValue::validate(&dt, &json!("2026-05-01T10:00:00+03:00"), "f").expect("dt");
         assert_eq!(v.text(), Some("2026-05-01T07:00:00Z"));
         let b = def(FieldType::Bool, &[]);
-        assert_eq!(FieldValue::validate(&b, &json!("да"), "f").map(|v| v.to_json()), Ok(json!(true)));
+        assert_eq!(
+            FieldValue::validate(&b, &json!("да"), "f").map(|v| v.to_json()),
+            Ok(json!(true))
+        );
     }
 
     #[test]

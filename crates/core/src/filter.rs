@@ -66,12 +66,20 @@ impl std::str::FromStr for FieldConditionText {
         let mut parts = s.splitn(3, ':');
         let key = parts.next().unwrap_or_default().to_string();
         let op_text = parts.next().ok_or_else(|| {
-            ValidationError::new("field", format!("`{s}` is not a condition (expected key:op:value, e.g. age:gt:30)"))
+            ValidationError::new(
+                "field",
+                format!("`{s}` is not a condition (expected key:op:value, e.g. age:gt:30)"),
+            )
         })?;
-        let op: FieldOp = op_text.parse().map_err(|e: String| ValidationError::new("field", e))?;
+        let op: FieldOp = op_text
+            .parse()
+            .map_err(|e: String| ValidationError::new("field", e))?;
         let value = parts.next().map(str::to_string);
         if op != FieldOp::Exists && value.is_none() {
-            return Err(ValidationError::new("field", format!("`{s}` needs a value after the operator")));
+            return Err(ValidationError::new(
+                "field",
+                format!("`{s}` needs a value after the operator"),
+            ));
         }
         Ok(Self { key, op, value })
     }
@@ -110,19 +118,26 @@ impl FieldConditionText {
             (None, _) => return Err(ValidationError::new(field, "needs a value")),
             (Some(v), FieldOp::Contains) => {
                 if !matches!(t, FieldType::Text | FieldType::Choice) {
-                    return Err(ValidationError::new(field, "`contains` works on text and choice fields only"));
+                    return Err(ValidationError::new(
+                        field,
+                        "`contains` works on text and choice fields only",
+                    ));
                 }
                 Operand::Text(v.clone())
             }
             (Some(v), op) => match t {
                 FieldType::Text | FieldType::Choice => {
                     if !matches!(op, FieldOp::Eq | FieldOp::Ne) && t == FieldType::Choice {
-                        return Err(ValidationError::new(field, "choice fields compare with eq or ne"));
+                        return Err(ValidationError::new(
+                            field,
+                            "choice fields compare with eq or ne",
+                        ));
                     }
                     Operand::Text(v.clone())
                 }
                 _ => {
-                    let parsed = crate::field::FieldValue::validate(def, &Value::String(v.clone()), &field)?;
+                    let parsed =
+                        crate::field::FieldValue::validate(def, &Value::String(v.clone()), &field)?;
                     Operand::Num(parsed.num().unwrap_or_default())
                 }
             },
@@ -170,7 +185,10 @@ mod tests {
         };
         assert_eq!(c.resolve(&def).map(|r| r.operand), Ok(Operand::Num(30.0)));
         let bad: FieldConditionText = "age:gt:old".parse().expect("parses");
-        assert_eq!(bad.resolve(&def).map_err(|e| e.field), Err("field.age".into()));
+        assert_eq!(
+            bad.resolve(&def).map_err(|e| e.field),
+            Err("field.age".into())
+        );
         assert!("age:between:1".parse::<FieldConditionText>().is_err());
         assert!("age:gt".parse::<FieldConditionText>().is_err());
         assert!("age:exists".parse::<FieldConditionText>().is_ok());

@@ -64,7 +64,9 @@ impl FromStr for Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role `{s}` (expected owner, admin, marketer, operator or analyst)"))
+            .ok_or_else(|| {
+                format!("unknown role `{s}` (expected owner, admin, marketer, operator or analyst)")
+            })
     }
 }
 
@@ -75,7 +77,19 @@ impl std::fmt::Display for Role {
 }
 
 /// A permission an API key carries. Keys hold only the scopes they were created with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 pub enum Scope {
     /// Read contacts, their identities, tags, fields, timeline and export; list tags and fields.
     #[serde(rename = "contacts:read")]

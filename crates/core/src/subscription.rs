@@ -74,19 +74,31 @@ impl ConsentProof {
     pub fn validated(self, now: Timestamp) -> Result<ConsentProof, ValidationError> {
         let source = self.source.trim().to_string();
         if source.is_empty() || source.chars().count() > 200 {
-            return Err(ValidationError::new("proof.source", "must be 1 to 200 characters"));
+            return Err(ValidationError::new(
+                "proof.source",
+                "must be 1 to 200 characters",
+            ));
         }
         if self.at > now + jiff::SignedDuration::from_mins(5) {
-            return Err(ValidationError::new("proof.at", "must not be in the future"));
+            return Err(ValidationError::new(
+                "proof.at",
+                "must not be in the future",
+            ));
         }
         if let Some(ip) = &self.ip {
             if ip.parse::<std::net::IpAddr>().is_err() {
-                return Err(ValidationError::new("proof.ip", format!("`{ip}` is not an IP address")));
+                return Err(ValidationError::new(
+                    "proof.ip",
+                    format!("`{ip}` is not an IP address"),
+                ));
             }
         }
         if let Some(t) = &self.text_shown {
             if t.chars().count() > 4000 {
-                return Err(ValidationError::new("proof.text_shown", "must be at most 4000 characters"));
+                return Err(ValidationError::new(
+                    "proof.text_shown",
+                    "must be at most 4000 characters",
+                ));
             }
         }
         Ok(ConsentProof { source, ..self })
@@ -111,8 +123,10 @@ impl SubscriptionChange {
         now: Timestamp,
     ) -> Result<Self, ValidationError> {
         let proof = proof.map(|p| p.validated(now)).transpose()?;
-        if matches!(state, SubscriptionState::Subscribed | SubscriptionState::PendingDoubleOptIn)
-            && proof.is_none()
+        if matches!(
+            state,
+            SubscriptionState::Subscribed | SubscriptionState::PendingDoubleOptIn
+        ) && proof.is_none()
         {
             return Err(ValidationError::new(
                 "proof",
@@ -123,7 +137,10 @@ impl SubscriptionChange {
         for t in topics {
             let t = t.trim().to_string();
             if t.is_empty() || t.len() > 64 {
-                return Err(ValidationError::new("topics", "each topic must be 1 to 64 characters"));
+                return Err(ValidationError::new(
+                    "topics",
+                    "each topic must be 1 to 64 characters",
+                ));
             }
             if !clean.contains(&t) {
                 clean.push(t);
@@ -159,9 +176,12 @@ mod tests {
     #[test]
     fn subscribed_requires_proof() {
         let now = Timestamp::now();
-        let e = SubscriptionChange::new(SubscriptionState::Subscribed, vec![], None, now).expect_err("no proof");
+        let e = SubscriptionChange::new(SubscriptionState::Subscribed, vec![], None, now)
+            .expect_err("no proof");
         assert_eq!(e.field, "proof");
-        assert!(SubscriptionChange::new(SubscriptionState::Unsubscribed, vec![], None, now).is_ok());
+        assert!(
+            SubscriptionChange::new(SubscriptionState::Unsubscribed, vec![], None, now).is_ok()
+        );
         let proof = ConsentProof {
             source: "landing".into(),
             at: now,
@@ -169,7 +189,8 @@ mod tests {
             ip: Some("not-an-ip".into()),
             message_id: None,
         };
-        let e = SubscriptionChange::new(SubscriptionState::Subscribed, vec![], Some(proof), now).expect_err("ip");
+        let e = SubscriptionChange::new(SubscriptionState::Subscribed, vec![], Some(proof), now)
+            .expect_err("ip");
         assert_eq!(e.field, "proof.ip");
     }
 }

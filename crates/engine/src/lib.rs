@@ -3,3 +3,8 @@
 
 pub mod csv_export;
 pub mod csv_import;
+
+#[cfg(test)]
+mod fake_store;
+#[cfg(test)]
+mod round_trip;

@@ -6,11 +6,11 @@
 //! habit of its callers: another workspace's object is simply [`StoreError::NotFound`].
 //! Changes to a contact append to its event log in the same transaction.
 
-mod stub;
 pub mod error;
 pub mod model;
 pub mod postgres;
 pub mod sqlite;
+mod stub;
 pub mod testing;
 
 use async_trait::async_trait;
@@ -18,9 +18,9 @@ use jiff::Timestamp;
 use serde_json::Value;
 use std::sync::Arc;
 use voronka_core::event::EventKind;
+use voronka_core::field::FieldDefinition;
 use voronka_core::field::{FieldSpec, FieldValue};
 use voronka_core::filter::ContactFilter;
-use voronka_core::field::FieldDefinition;
 use voronka_core::subscription::SubscriptionChange;
 use voronka_core::*;
 
@@ -76,7 +76,12 @@ pub trait ChannelStore {
     /// Lists channels.
     async fn list_channels(&self, ws: WorkspaceId) -> Result<Vec<Channel>>;
     /// Changes a channel.
-    async fn update_channel(&self, ws: WorkspaceId, id: ChannelId, patch: ChannelPatch) -> Result<Channel>;
+    async fn update_channel(
+        &self,
+        ws: WorkspaceId,
+        id: ChannelId,
+        patch: ChannelPatch,
+    ) -> Result<Channel>;
     /// Removes a channel; conflict `channel_in_use` while identities use it.
     async fn delete_channel(&self, ws: WorkspaceId, id: ChannelId) -> Result<()>;
 }
@@ -108,25 +113,54 @@ pub trait ContactStore {
     async fn get_contact(&self, ws: WorkspaceId, id: ContactId) -> Result<Contact>;
     /// Replaces the profile (the caller applied its patch); records `profile_updated`
     /// with the changed attribute names when anything changed.
-    async fn update_profile(&self, ws: WorkspaceId, id: ContactId, profile: voronka_core::contact::Profile) -> Result<Contact>;
+    async fn update_profile(
+        &self,
+        ws: WorkspaceId,
+        id: ContactId,
+        profile: voronka_core::contact::Profile,
+    ) -> Result<Contact>;
     /// Deletes a contact and everything attached to it.
     async fn delete_contact(&self, ws: WorkspaceId, id: ContactId) -> Result<()>;
     /// Lists contacts newest first, filtered, one page at a time.
-    async fn list_contacts(&self, ws: WorkspaceId, query: &ContactQuery) -> Result<Page<Contact, ContactId>>;
+    async fn list_contacts(
+        &self,
+        ws: WorkspaceId,
+        query: &ContactQuery,
+    ) -> Result<Page<Contact, ContactId>>;
     /// Counts contacts matching a filter, in the database (never by loading them).
     async fn count_contacts(&self, ws: WorkspaceId, filter: &ContactFilter) -> Result<u64>;
     /// Adds tags (creating missing ones); returns the names that were newly added.
-    async fn add_tags(&self, ws: WorkspaceId, id: ContactId, names: &[String]) -> Result<Vec<String>>;
+    async fn add_tags(
+        &self,
+        ws: WorkspaceId,
+        id: ContactId,
+        names: &[String],
+    ) -> Result<Vec<String>>;
     /// Removes a tag by name; returns whether the contact had it.
     async fn remove_tag(&self, ws: WorkspaceId, id: ContactId, name: &str) -> Result<bool>;
     /// Sets field values; records `field_set` for each value that changed.
-    async fn set_fields(&self, ws: WorkspaceId, id: ContactId, values: Vec<FieldValue>) -> Result<()>;
+    async fn set_fields(
+        &self,
+        ws: WorkspaceId,
+        id: ContactId,
+        values: Vec<FieldValue>,
+    ) -> Result<()>;
     /// Unsets a field; returns whether it had a value.
     async fn unset_field(&self, ws: WorkspaceId, id: ContactId, field: FieldId) -> Result<bool>;
     /// Attaches an identity; conflict `identity_taken` if the channel address is used.
-    async fn add_identity(&self, ws: WorkspaceId, id: ContactId, new: NewIdentity) -> Result<Identity>;
+    async fn add_identity(
+        &self,
+        ws: WorkspaceId,
+        id: ContactId,
+        new: NewIdentity,
+    ) -> Result<Identity>;
     /// Detaches an identity.
-    async fn remove_identity(&self, ws: WorkspaceId, id: ContactId, identity: IdentityId) -> Result<()>;
+    async fn remove_identity(
+        &self,
+        ws: WorkspaceId,
+        id: ContactId,
+        identity: IdentityId,
+    ) -> Result<()>;
     /// Changes the subscription on an identity, appending to its history.
     async fn set_subscription(
         &self,
@@ -136,9 +170,19 @@ pub trait ContactStore {
         change: SubscriptionChange,
     ) -> Result<Identity>;
     /// The contact's consent history, oldest first.
-    async fn subscription_history(&self, ws: WorkspaceId, id: ContactId) -> Result<Vec<SubscriptionRecord>>;
+    async fn subscription_history(
+        &self,
+        ws: WorkspaceId,
+        id: ContactId,
+    ) -> Result<Vec<SubscriptionRecord>>;
     /// Appends an event to the contact's log.
-    async fn append_event(&self, ws: WorkspaceId, id: ContactId, kind: EventKind, data: Value) -> Result<Event>;
+    async fn append_event(
+        &self,
+        ws: WorkspaceId,
+        id: ContactId,
+        kind: EventKind,
+        data: Value,
+    ) -> Result<Event>;
     /// The contact's events, newest first, one page at a time.
     async fn list_events(
         &self,
@@ -156,14 +200,23 @@ pub trait ContactStore {
     async fn erase_contact(&self, ws: WorkspaceId, id: ContactId) -> Result<()>;
     /// Upserts a batch of import rows (matching by identity, then phone, then e-mail).
     /// Each row succeeds or fails on its own; re-importing the same rows changes nothing.
-    async fn import_contacts(&self, ws: WorkspaceId, rows: Vec<ImportRow>) -> Result<Vec<ImportOutcome>>;
+    async fn import_contacts(
+        &self,
+        ws: WorkspaceId,
+        rows: Vec<ImportRow>,
+    ) -> Result<Vec<ImportOutcome>>;
 }
 
 /// Idempotency keys for `POST` requests.
 #[async_trait]
 pub trait IdempotencyStore {
     /// Reserves `key` for a request with `request_hash`, or reports what is known of it.
-    async fn idempotency_begin(&self, ws: WorkspaceId, key: &str, request_hash: &str) -> Result<IdempotencyBegin>;
+    async fn idempotency_begin(
+        &self,
+        ws: WorkspaceId,
+        key: &str,
+        request_hash: &str,
+    ) -> Result<IdempotencyBegin>;
     /// Saves the response of a started request. `contact` links it to a contact so
     /// erasure can delete it.
     async fn idempotency_complete(
@@ -195,12 +248,30 @@ pub trait AdminStore {
 
 /// The whole storage API.
 pub trait Store:
-    WorkspaceStore + UserStore + ApiKeyStore + ChannelStore + SchemaStore + ContactStore + IdempotencyStore + AdminStore + Send + Sync
+    WorkspaceStore
+    + UserStore
+    + ApiKeyStore
+    + ChannelStore
+    + SchemaStore
+    + ContactStore
+    + IdempotencyStore
+    + AdminStore
+    + Send
+    + Sync
 {
 }
 
 impl<T> Store for T where
-    T: WorkspaceStore + UserStore + ApiKeyStore + ChannelStore + SchemaStore + ContactStore + IdempotencyStore + AdminStore + Send + Sync
+    T: WorkspaceStore
+        + UserStore
+        + ApiKeyStore
+        + ChannelStore
+        + SchemaStore
+        + ContactStore
+        + IdempotencyStore
+        + AdminStore
+        + Send
+        + Sync
 {
 }
 
@@ -217,7 +288,9 @@ pub async fn connect(url: &str) -> Result<DynStore> {
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
             .unwrap_or(url);
-        Ok(Arc::new(sqlite::SqliteStore::open(std::path::Path::new(path)).await?))
+        Ok(Arc::new(
+            sqlite::SqliteStore::open(std::path::Path::new(path)).await?,
+        ))
     }
 }
 

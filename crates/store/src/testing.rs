@@ -28,13 +28,18 @@ pub struct TestStore {
 
 /// The PostgreSQL URL tests use.
 pub fn pg_url() -> String {
-    std::env::var("VORONKA_TEST_PG_URL").unwrap_or_else(|_| "postgres://127.0.0.1:5432/test".to_string())
+    std::env::var("VORONKA_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://127.0.0.1:5432/test".to_string())
 }
 
 /// True when PostgreSQL tests must run rather than skip.
 pub fn pg_required() -> bool {
-    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
-        || std::env::var("VORONKA_REQUIRE_PG").map(|v| v == "1").unwrap_or(false)
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
+        || std::env::var("VORONKA_REQUIRE_PG")
+            .map(|v| v == "1")
+            .unwrap_or(false)
 }
 
 /// Opens a fresh migrated store on `backend`, or `None` (after printing the reason) when
@@ -44,7 +49,9 @@ pub async fn fresh_store(backend: Backend) -> Option<TestStore> {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temporary directory");
             let path = dir.path().join("voronka.db");
-            let store = crate::sqlite::SqliteStore::open(&path).await.expect("open sqlite");
+            let store = crate::sqlite::SqliteStore::open(&path)
+                .await
+                .expect("open sqlite");
             let store: DynStore = Arc::new(store);
             store.migrate().await.expect("migrate sqlite");
             Some(TestStore {
@@ -81,6 +88,9 @@ fn random_suffix() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("{:x}_{}_{n}", t, std::process::id())
 }

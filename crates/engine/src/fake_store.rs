@@ -1,0 +1,291 @@
+//! A store for the engine's unit tests: records import batches, serves field definitions
+//! and a fixed contact list, and fails everything else.
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use serde_json::Value;
+use std::sync::Mutex;
+use voronka_core::event::EventKind;
+use voronka_core::field::{FieldDefinition, FieldSpec, FieldValue};
+use voronka_core::filter::ContactFilter;
+use voronka_core::subscription::SubscriptionChange;
+use voronka_core::*;
+use voronka_store::*;
+
+fn ni<T>() -> Result<T> {
+    Err(StoreError::Database("not implemented".into()))
+}
+
+/// Phone that makes the fake refuse a row, as a real store refuses e.g. an unknown channel.
+pub const REFUSED_PHONE: &str = "+19999999999";
+
+#[derive(Default)]
+pub struct FakeStore {
+    pub defs: Vec<FieldDefinition>,
+    pub contacts: Vec<Contact>,
+    pub batches: Mutex<Vec<Vec<ImportRow>>>,
+    /// Fail every import call with a store error.
+    pub broken: bool,
+}
+
+impl FakeStore {
+    fn import(&self, rows: Vec<ImportRow>) -> Result<Vec<ImportOutcome>> {
+        if self.broken {
+            return Err(StoreError::Database("disk on fire".into()));
+        }
+        let out = rows
+            .iter()
+            .map(|r| ImportOutcome {
+                line: r.line,
+                result: if r.profile.phone.as_deref() == Some(REFUSED_PHONE) {
+                    Err("refused by store".into())
+                } else {
+                    Ok((ContactId(r.line as i64), ImportAction::Created))
+                },
+            })
+            .collect();
+        self.batches.lock().expect("lock").push(rows);
+        Ok(out)
+    }
+
+    fn list(&self, q: &ContactQuery) -> Result<Page<Contact, ContactId>> {
+        let mut all: Vec<&Contact> = self
+            .contacts
+            .iter()
+            .filter(|c| q.before.is_none_or(|b| c.id < b))
+            .collect();
+        all.sort_by_key(|c| std::cmp::Reverse(c.id));
+        let limit = q.limit.clamp(1, 1000) as usize;
+        let more = all.len() > limit;
+        let items: Vec<Contact> = all.into_iter().take(limit).cloned().collect();
+        let next = if more {
+            items.last().map(|c| c.id)
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+}
+
+#[async_trait]
+impl WorkspaceStore for FakeStore {
+    async fn create_workspace(&self, _: &str) -> Result<Workspace> {
+        ni()
+    }
+    async fn get_workspace(&self, _: WorkspaceId) -> Result<Workspace> {
+        ni()
+    }
+    async fn list_workspaces(&self) -> Result<Vec<Workspace>> {
+        ni()
+    }
+}
+#[async_trait]
+impl UserStore for FakeStore {
+    async fn create_user(&self, _: WorkspaceId, _: NewUser) -> Result<Member> {
+        ni()
+    }
+    async fn find_user_by_email(&self, _: &str) -> Result<Option<UserLogin>> {
+        ni()
+    }
+    async fn list_members(&self, _: WorkspaceId) -> Result<Vec<Member>> {
+        ni()
+    }
+}
+#[async_trait]
+impl ApiKeyStore for FakeStore {
+    async fn create_api_key(&self, _: WorkspaceId, _: NewApiKey) -> Result<ApiKey> {
+        ni()
+    }
+    async fn find_api_key(&self, _: &str) -> Result<Option<ApiKeyAuth>> {
+        ni()
+    }
+    async fn touch_api_key(&self, _: ApiKeyId, _: Timestamp) -> Result<()> {
+        ni()
+    }
+    async fn list_api_keys(&self, _: WorkspaceId) -> Result<Vec<ApiKey>> {
+        ni()
+    }
+    async fn revoke_api_key(&self, _: WorkspaceId, _: ApiKeyId) -> Result<ApiKey> {
+        ni()
+    }
+}
+#[async_trait]
+impl ChannelStore for FakeStore {
+    async fn create_channel(&self, _: WorkspaceId, _: NewChannel) -> Result<Channel> {
+        ni()
+    }
+    async fn get_channel(&self, _: WorkspaceId, _: ChannelId) -> Result<Channel> {
+        ni()
+    }
+    async fn list_channels(&self, _: WorkspaceId) -> Result<Vec<Channel>> {
+        ni()
+    }
+    async fn update_channel(
+        &self,
+        _: WorkspaceId,
+        _: ChannelId,
+        _: ChannelPatch,
+    ) -> Result<Channel> {
+        ni()
+    }
+    async fn delete_channel(&self, _: WorkspaceId, _: ChannelId) -> Result<()> {
+        ni()
+    }
+}
+#[async_trait]
+impl SchemaStore for FakeStore {
+    async fn create_tag(&self, _: WorkspaceId, _: &str) -> Result<Tag> {
+        ni()
+    }
+    async fn list_tags(&self, _: WorkspaceId) -> Result<Vec<Tag>> {
+        ni()
+    }
+    async fn delete_tag(&self, _: WorkspaceId, _: TagId) -> Result<()> {
+        ni()
+    }
+    async fn create_field(&self, _: WorkspaceId, _: FieldSpec) -> Result<FieldDefinition> {
+        ni()
+    }
+    async fn list_fields(&self, _: WorkspaceId) -> Result<Vec<FieldDefinition>> {
+        Ok(self.defs.clone())
+    }
+    async fn delete_field(&self, _: WorkspaceId, _: FieldId) -> Result<()> {
+        ni()
+    }
+}
+#[async_trait]
+impl ContactStore for FakeStore {
+    async fn create_contact(&self, _: WorkspaceId, _: NewContact) -> Result<Contact> {
+        ni()
+    }
+    async fn get_contact(&self, _: WorkspaceId, _: ContactId) -> Result<Contact> {
+        ni()
+    }
+    async fn update_profile(
+        &self,
+        _: WorkspaceId,
+        _: ContactId,
+        _: voronka_core::contact::Profile,
+    ) -> Result<Contact> {
+        ni()
+    }
+    async fn delete_contact(&self, _: WorkspaceId, _: ContactId) -> Result<()> {
+        ni()
+    }
+    async fn list_contacts(
+        &self,
+        _: WorkspaceId,
+        q: &ContactQuery,
+    ) -> Result<Page<Contact, ContactId>> {
+        self.list(q)
+    }
+    async fn count_contacts(&self, _: WorkspaceId, _: &ContactFilter) -> Result<u64> {
+        ni()
+    }
+    async fn add_tags(&self, _: WorkspaceId, _: ContactId, _: &[String]) -> Result<Vec<String>> {
+        ni()
+    }
+    async fn remove_tag(&self, _: WorkspaceId, _: ContactId, _: &str) -> Result<bool> {
+        ni()
+    }
+    async fn set_fields(&self, _: WorkspaceId, _: ContactId, _: Vec<FieldValue>) -> Result<()> {
+        ni()
+    }
+    async fn unset_field(&self, _: WorkspaceId, _: ContactId, _: FieldId) -> Result<bool> {
+        ni()
+    }
+    async fn add_identity(&self, _: WorkspaceId, _: ContactId, _: NewIdentity) -> Result<Identity> {
+        ni()
+    }
+    async fn remove_identity(&self, _: WorkspaceId, _: ContactId, _: IdentityId) -> Result<()> {
+        ni()
+    }
+    async fn set_subscription(
+        &self,
+        _: WorkspaceId,
+        _: ContactId,
+        _: IdentityId,
+        _: SubscriptionChange,
+    ) -> Result<Identity> {
+        ni()
+    }
+    async fn subscription_history(
+        &self,
+        _: WorkspaceId,
+        _: ContactId,
+    ) -> Result<Vec<SubscriptionRecord>> {
+        ni()
+    }
+    async fn append_event(
+        &self,
+        _: WorkspaceId,
+        _: ContactId,
+        _: EventKind,
+        _: Value,
+    ) -> Result<Event> {
+        ni()
+    }
+    async fn list_events(
+        &self,
+        _: WorkspaceId,
+        _: ContactId,
+        _: Option<EventId>,
+        _: u32,
+    ) -> Result<Page<Event, EventId>> {
+        ni()
+    }
+    async fn export_contact(&self, _: WorkspaceId, _: ContactId) -> Result<ContactExport> {
+        ni()
+    }
+    async fn erase_contact(&self, _: WorkspaceId, _: ContactId) -> Result<()> {
+        ni()
+    }
+    async fn import_contacts(
+        &self,
+        _: WorkspaceId,
+        rows: Vec<ImportRow>,
+    ) -> Result<Vec<ImportOutcome>> {
+        self.import(rows)
+    }
+}
+#[async_trait]
+impl IdempotencyStore for FakeStore {
+    async fn idempotency_begin(
+        &self,
+        _: WorkspaceId,
+        _: &str,
+        _: &str,
+    ) -> Result<IdempotencyBegin> {
+        ni()
+    }
+    async fn idempotency_complete(
+        &self,
+        _: WorkspaceId,
+        _: &str,
+        _: SavedResponse,
+        _: Option<ContactId>,
+    ) -> Result<()> {
+        ni()
+    }
+    async fn idempotency_abort(&self, _: WorkspaceId, _: &str) -> Result<()> {
+        ni()
+    }
+    async fn idempotency_purge(&self, _: Timestamp) -> Result<u64> {
+        ni()
+    }
+}
+#[async_trait]
+impl AdminStore for FakeStore {
+    async fn migrate(&self) -> Result<usize> {
+        ni()
+    }
+    async fn ping(&self) -> Result<()> {
+        ni()
+    }
+    fn backend(&self) -> &'static str {
+        "fake"
+    }
+    async fn find_text_everywhere(&self, _: &str) -> Result<Vec<String>> {
+        ni()
+    }
+}
