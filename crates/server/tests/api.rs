@@ -824,6 +824,35 @@ async fn erasure_leaves_no_personal_data(h: Harness) {
         0,
         "erased contacts leave lists and counts"
     );
+    // An erased contact cannot be given personal data again.
+    let patch = h
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/contacts/{id}"),
+            Some(&k),
+            Some((
+                "application/json",
+                json!({"first_name": pii[0]}).to_string().into_bytes(),
+            )),
+            &[],
+        )
+        .await;
+    assert_eq!(patch.status, StatusCode::CONFLICT, "{}", patch.text);
+    assert_eq!(patch.json()["error"]["code"], "contact_erased");
+    let tag = h
+        .post(
+            &format!("/api/v1/contacts/{id}/tags"),
+            &k,
+            json!({"tags": ["vip"]}),
+        )
+        .await;
+    assert_eq!(tag.status, StatusCode::CONFLICT, "{}", tag.text);
+    assert!(h
+        .store
+        .find_text_everywhere(pii[0])
+        .await
+        .expect("search")
+        .is_empty());
     // Replaying the creation cannot bring the data back.
     let replay = h
         .send(

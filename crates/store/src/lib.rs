@@ -10,7 +10,6 @@ pub mod error;
 pub mod model;
 pub mod postgres;
 pub mod sqlite;
-mod stub;
 pub mod testing;
 
 use async_trait::async_trait;

@@ -65,6 +65,7 @@ pub async fn fresh_store(backend: Backend) -> Option<TestStore> {
             let schema = format!("t_{}", random_suffix());
             match crate::postgres::PgStore::connect_in_schema(&url, &schema).await {
                 Ok(store) => {
+                    CLEANED.get_or_init(|| drop_stale_schemas(&store)).await;
                     let store: DynStore = Arc::new(store);
                     store.migrate().await.expect("migrate postgres");
                     let sep = if url.contains('?') { '&' } else { '?' };
@@ -80,6 +81,38 @@ pub async fn fresh_store(backend: Backend) -> Option<TestStore> {
                 }
                 Err(e) => panic!("PostgreSQL is required (CI=true or VORONKA_REQUIRE_PG=1) but {url} failed: {e}"),
             }
+        }
+    }
+}
+
+static CLEANED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+/// Drops test schemas left by runs more than two hours old (schema names carry their
+/// creation time), so a long-lived test server does not fill up; recent ones may belong
+/// to a run in progress and stay.
+async fn drop_stale_schemas(store: &crate::postgres::PgStore) {
+    use sqlx::Row;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let horizon = now.saturating_sub(2 * 3600 * 1_000_000_000);
+    let rows = sqlx::query("SELECT nspname FROM pg_namespace WHERE nspname LIKE 't\\_%'")
+        .fetch_all(store.pool())
+        .await
+        .unwrap_or_default();
+    for row in rows {
+        let Ok(name) = row.try_get::<String, _>(0) else {
+            continue;
+        };
+        let created = name
+            .strip_prefix("t_")
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|hex| u128::from_str_radix(hex, 16).ok());
+        if created.is_some_and(|t| t < horizon) {
+            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+                .execute(store.pool())
+                .await;
         }
     }
 }

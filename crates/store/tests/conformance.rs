@@ -1914,6 +1914,41 @@ async fn case_erasure(s: &DynStore) {
     // Idempotent: a second erasure changes nothing.
     s.erase_contact(a, c.id).await.expect("erase again");
     assert_eq!(kinds(s, a, c.id).await, want);
+    // An erased contact cannot be given personal data again.
+    let refused = |r: Result<(), StoreError>, what: &str| match r {
+        Err(StoreError::Conflict {
+            code: "contact_erased",
+            ..
+        }) => {}
+        other => panic!("{what} on an erased contact: {other:?}"),
+    };
+    let profile = Profile {
+        first_name: Some("Zyxwv".into()),
+        ..Profile::default()
+    };
+    refused(
+        s.update_profile(a, c.id, profile).await.map(|_| ()),
+        "update_profile",
+    );
+    refused(
+        s.add_tags(a, c.id, &["again".into()]).await.map(|_| ()),
+        "add_tags",
+    );
+    refused(
+        s.add_identity(
+            a,
+            c.id,
+            NewIdentity {
+                channel_id: ch,
+                external_id: "zyx-new".into(),
+                subscription: None,
+            },
+        )
+        .await
+        .map(|_| ()),
+        "add_identity",
+    );
+    assert_eq!(kinds(s, a, c.id).await, want, "refusals write nothing");
     // The identity is free for someone else.
     contact(
         s,

@@ -91,7 +91,9 @@ pub async fn import_contacts(
             .one("source")?
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(str::to_string),
+            .map(str::to_string)
+            // Every way in records its source; without one, say at least how they came.
+            .or_else(|| Some("import:api".to_string())),
         mapping,
         batch_size: 0,
     };

@@ -73,13 +73,28 @@ pub(crate) async fn lock_contact(
     ws: WorkspaceId,
     id: ContactId,
 ) -> Result<()> {
-    sqlx::query("SELECT 1 FROM contacts WHERE id = $1 AND workspace_id = $2 FOR UPDATE")
-        .bind(id.0)
-        .bind(ws.0)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or(StoreError::not_found("contact"))?;
-    Ok(())
+    let erased: Option<i64> = sqlx::query(
+        "SELECT erased_at FROM contacts WHERE id = $1 AND workspace_id = $2 FOR UPDATE",
+    )
+    .bind(id.0)
+    .bind(ws.0)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(StoreError::not_found("contact"))?
+    .try_get(0)?;
+    refuse_erased(erased)
+}
+
+/// An erased contact is an anonymous record: giving it data again would undo the erasure.
+pub(crate) fn refuse_erased(erased_at: Option<i64>) -> Result<()> {
+    match erased_at {
+        None => Ok(()),
+        Some(_) => Err(StoreError::conflict(
+            "contact_erased",
+            "the contact's personal data was erased; it cannot be changed",
+            None,
+        )),
+    }
 }
 
 async fn contact_exists(conn: &mut PgConnection, ws: WorkspaceId, id: ContactId) -> Result<()> {
@@ -511,6 +526,7 @@ impl ContactStore for PgStore {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(StoreError::not_found("contact"))?;
+        refuse_erased(r.try_get("erased_at")?)?;
         let current = rows::profile(&r)?;
         let changed: Vec<&str> = PROFILE_ATTRS
             .iter()

@@ -444,6 +444,7 @@ impl ContactStore for SqliteStore {
         profile: Profile,
     ) -> Result<Contact> {
         self.write(move |c| {
+            ensure_live_contact(c, ws, id)?;
             let old = profile_of(c, ws, id)?;
             let changed: Vec<&str> = PROFILE_ATTRS
                 .iter()
@@ -529,7 +530,7 @@ impl ContactStore for SqliteStore {
     ) -> Result<Vec<String>> {
         let names = names.to_vec();
         self.write(move |c| {
-            ensure_contact(c, ws, id)?;
+            ensure_live_contact(c, ws, id)?;
             let at = now();
             let added = add_tags_with_events(c, ws, id, &names, at)?;
             if !added.is_empty() {
@@ -543,7 +544,7 @@ impl ContactStore for SqliteStore {
     async fn remove_tag(&self, ws: WorkspaceId, id: ContactId, name: &str) -> Result<bool> {
         let name = name.to_string();
         self.write(move |c| {
-            ensure_contact(c, ws, id)?;
+            ensure_live_contact(c, ws, id)?;
             let Some(tag) = find_tag(c, ws, &name)? else {
                 return Ok(false);
             };
@@ -576,7 +577,7 @@ impl ContactStore for SqliteStore {
         values: Vec<FieldValue>,
     ) -> Result<()> {
         self.write(move |c| {
-            ensure_contact(c, ws, id)?;
+            ensure_live_contact(c, ws, id)?;
             let at = now();
             if set_fields_with_events(c, ws, id, &values, at)? {
                 touch_contact(c, id, at)?;
@@ -588,7 +589,7 @@ impl ContactStore for SqliteStore {
 
     async fn unset_field(&self, ws: WorkspaceId, id: ContactId, field: FieldId) -> Result<bool> {
         self.write(move |c| {
-            ensure_contact(c, ws, id)?;
+            ensure_live_contact(c, ws, id)?;
             let key: String = c
                 .query_row(
                     "SELECT key FROM field_definitions WHERE id = ?1 AND workspace_id = ?2",
@@ -626,7 +627,7 @@ impl ContactStore for SqliteStore {
         new: NewIdentity,
     ) -> Result<Identity> {
         self.write(move |c| {
-            ensure_contact(c, ws, id)?;
+            ensure_live_contact(c, ws, id)?;
             let at = now();
             let ident = add_identity_with_events(c, ws, id, &new, at)?;
             touch_contact(c, id, at)?;
@@ -642,7 +643,7 @@ impl ContactStore for SqliteStore {
         identity: IdentityId,
     ) -> Result<()> {
         self.write(move |c| {
-            ensure_contact(c, ws, id)?;
+            ensure_live_contact(c, ws, id)?;
             let channel: i64 = c
                 .query_row(
                     "SELECT channel_id FROM identities WHERE id = ?1 AND contact_id = ?2 AND workspace_id = ?3",
@@ -676,7 +677,7 @@ impl ContactStore for SqliteStore {
         change: SubscriptionChange,
     ) -> Result<Identity> {
         self.write(move |c| {
-            ensure_contact(c, ws, id)?;
+            ensure_live_contact(c, ws, id)?;
             let channel: i64 = c
                 .query_row(
                     "SELECT channel_id FROM identities WHERE id = ?1 AND contact_id = ?2 AND workspace_id = ?3",

@@ -261,6 +261,24 @@ pub(crate) fn ensure_contact(conn: &Connection, ws: WorkspaceId, id: ContactId) 
         .ok_or_else(|| StoreError::not_found("contact"))
 }
 
+/// Like [`ensure_contact`], and refuses an erased contact: giving an anonymous record data
+/// again would undo its erasure.
+pub(crate) fn ensure_live_contact(conn: &Connection, ws: WorkspaceId, id: ContactId) -> Result<()> {
+    let erased: Option<i64> = conn
+        .prepare_cached("SELECT erased_at FROM contacts WHERE id = ?1 AND workspace_id = ?2")?
+        .query_row([id.0, ws.0], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::not_found("contact"))?;
+    match erased {
+        None => Ok(()),
+        Some(_) => Err(StoreError::conflict(
+            "contact_erased",
+            "the contact's personal data was erased; it cannot be changed",
+            None,
+        )),
+    }
+}
+
 /// Reads a contact with its tags, fields and identities, or NotFound.
 pub(crate) fn load_contact(conn: &Connection, ws: WorkspaceId, id: ContactId) -> Result<Contact> {
     let sql = format!(
