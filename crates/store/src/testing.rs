@@ -76,7 +76,17 @@ pub async fn fresh_store(backend: Backend) -> Option<TestStore> {
                     })
                 }
                 Err(e) if !pg_required() => {
-                    eprintln!("skipped: PostgreSQL at {url} is not reachable ({e}); set VORONKA_TEST_PG_URL or run with CI=true to require it");
+                    // Written straight to stderr (not eprintln!, which the test harness
+                    // captures for passing tests) so a skip is seen, once per test binary.
+                    static SAID: std::sync::Once = std::sync::Once::new();
+                    SAID.call_once(|| {
+                        use std::io::Write;
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "skipped: PostgreSQL tests of this binary: {url} is not reachable ({e}); \
+                             set VORONKA_TEST_PG_URL, or CI=true / VORONKA_REQUIRE_PG=1 to require it"
+                        );
+                    });
                     None
                 }
                 Err(e) => panic!("PostgreSQL is required (CI=true or VORONKA_REQUIRE_PG=1) but {url} failed: {e}"),

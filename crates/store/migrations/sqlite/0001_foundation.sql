@@ -91,8 +91,9 @@ CREATE TABLE identities (
     sub_updated_at    INTEGER NOT NULL,
     UNIQUE (channel_id, external_id)
 );
+-- Filters on channel or subscription state probe a contact's identities through
+-- identities_contact; no query scans identities by (workspace, channel, state).
 CREATE INDEX identities_contact ON identities(contact_id);
-CREATE INDEX identities_ws_channel_state ON identities(workspace_id, channel_id, sub_state);
 
 -- Append-only. identity_id has no foreign key: history outlives a detached identity.
 CREATE TABLE subscription_history (

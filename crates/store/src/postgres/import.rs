@@ -303,7 +303,7 @@ async fn apply(
     // External ids grouped by channel: `channel_id = $1 AND external_id = ANY($2)` can
     // only be served by the (channel_id, external_id) unique index, whatever the
     // statistics say (a join against unnest(), or adding workspace_id, lets the planner
-    // pick identities_ws_channel_state and filter 5,000 ids per row: quadratic). The
+    // pick a (workspace, channel) index and filter 5,000 ids per row: quadratic). The
     // channels were checked to belong to the workspace, and an identity's channel fixes
     // its workspace.
     let mut by_channel: HashMap<i64, Vec<&str>> = HashMap::new();

@@ -795,10 +795,17 @@ impl ContactStore for SqliteStore {
     ) -> Result<Vec<ImportOutcome>> {
         let rows = std::sync::Arc::new(rows);
         let fast = rows.clone();
+        // Event texts and the like are prepared on the blocking pool (the other core)
+        // while the writer thread looks rows up and writes; see `import::prepare`.
+        let (to, prepared) = std::sync::mpsc::channel();
+        let ahead = rows.clone();
+        drop(tokio::task::spawn_blocking(move || {
+            super::import::prepare(&ahead, to)
+        }));
         // The fast path resolves every reference itself, so it may skip the foreign key
         // checks; the row-by-row replay keeps them.
         match self
-            .write_unchecked(move |c| super::import::import_fast(c, ws, &fast))
+            .write_unchecked(move |c| super::import::import_fast(c, ws, &fast, prepared))
             .await
         {
             Ok(out) => Ok(out),

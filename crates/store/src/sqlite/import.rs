@@ -13,16 +13,19 @@
 //! ([`import_slow`]), so that row alone fails.
 //!
 //! Lookups and inserts use cached prepared statements; workspace channels and fields are
-//! read once per batch and tag ids are resolved once per batch.
+//! read once per batch and tag ids are resolved once per batch. The writer thread is the
+//! bottleneck of an import, so what needs no database (event texts) is computed by
+//! [`prepare`] on another thread while the writer works.
 
 use super::contacts::*;
 use super::rows::*;
 use crate::model::*;
 use crate::{Result, StoreError};
 use jiff::Timestamp;
-use rusqlite::{params, Connection, OptionalExtension, ToSql};
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension, ToSql};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
+use std::sync::mpsc;
 use voronka_core::event::EventKind;
 use voronka_core::field::FieldValue;
 use voronka_core::subscription::SubscriptionChange;
@@ -48,9 +51,13 @@ impl From<rusqlite::Error> for RowError {
     }
 }
 
-/// What a batch needs to know about its workspace, read once.
-struct Batch {
+/// What a batch needs to know about its workspace, read once, and its lookup
+/// statements, held for the whole batch (a cache lookup per row hashes the SQL text).
+struct Batch<'c> {
     ws: WorkspaceId,
+    by_identity: CachedStatement<'c>,
+    by_phone: CachedStatement<'c>,
+    by_email: CachedStatement<'c>,
     at: Timestamp,
     channels: HashSet<ChannelId>,
     fields: HashMap<FieldId, String>,
@@ -59,8 +66,8 @@ struct Batch {
     tags: HashMap<String, TagId>,
 }
 
-impl Batch {
-    fn load(c: &Connection, ws: WorkspaceId) -> Result<Self> {
+impl<'c> Batch<'c> {
+    fn load(c: &'c Connection, ws: WorkspaceId) -> Result<Self> {
         let channels = c
             .prepare_cached("SELECT id FROM channels WHERE workspace_id = ?1")?
             .query_map([ws.0], |r| r.get(0).map(ChannelId))?
@@ -71,6 +78,15 @@ impl Batch {
             .collect::<rusqlite::Result<HashMap<_, _>>>()?;
         Ok(Batch {
             ws,
+            by_identity: c.prepare_cached(
+                "SELECT id, contact_id, sub_state, sub_topics FROM identities WHERE channel_id = ?1 AND external_id = ?2",
+            )?,
+            by_phone: c.prepare_cached(
+                "SELECT id FROM contacts WHERE workspace_id = ?1 AND phone = ?2 AND phone IS NOT NULL ORDER BY id LIMIT 1",
+            )?,
+            by_email: c.prepare_cached(
+                "SELECT id FROM contacts WHERE workspace_id = ?1 AND email = ?2 AND email IS NOT NULL ORDER BY id LIMIT 1",
+            )?,
             at: now(),
             channels,
             fields,
@@ -108,7 +124,12 @@ pub(crate) fn import_fast(
     c: &Connection,
     ws: WorkspaceId,
     rows: &[ImportRow],
+    prepared: mpsc::Receiver<Vec<Prepared>>,
 ) -> Result<Vec<ImportOutcome>> {
+    let mut feed = Feed {
+        from: Some(prepared),
+        items: Vec::with_capacity(rows.len()),
+    };
     // Foreign keys are not checked on this path: the workspace must be checked here.
     let known = c
         .prepare_cached("SELECT 1 FROM workspaces WHERE id = ?1")?
@@ -120,7 +141,7 @@ pub(crate) fn import_fast(
     let mut out = Vec::with_capacity(rows.len());
     let mut pending = Pending::new(c)?;
     for i in 0..rows.len() {
-        let result = match import_row(c, &mut batch, rows, i, Some(&mut pending)) {
+        let result = match import_row(c, &mut batch, rows, i, Some((&mut pending, &mut feed))) {
             Ok(done) => Ok(done),
             Err(RowError::Refused(reason)) => Err(reason),
             Err(RowError::Store(e)) => return Err(e),
@@ -169,6 +190,95 @@ pub(crate) fn import_slow(
     Ok(out)
 }
 
+/// Rows prepared by [`prepare`] per chunk (the chunks sent as they are done).
+const PREPARE_CHUNK: usize = 256;
+
+/// The part of a new contact's writes that needs neither the database nor the batch:
+/// computed by [`prepare`] on another thread while the writer thread works, so that the
+/// writer (the bottleneck of an import) only looks up, binds and steps.
+pub(crate) struct Prepared {
+    /// The `contact_imported` event data up to the field keys, which need the batch.
+    head: String,
+    /// The event data after the field keys.
+    tail: String,
+    /// The subscription topics as stored (JSON).
+    topics: String,
+}
+
+impl Prepared {
+    fn of(row: &ImportRow) -> Result<Self> {
+        let profile: Vec<&str> = PROFILE_ATTRS
+            .iter()
+            .zip(profile_values(&row.profile))
+            .filter(|(_, v)| v.is_some())
+            .map(|(n, _)| *n)
+            .collect();
+        let change = row.identity.as_ref().and(row.subscription.as_ref());
+        // Keys in the order `json!` gives them in the row-by-row path (the workspace
+        // builds serde_json with `preserve_order`), as `serde_json` writes them.
+        let head = format!(
+            r#"{{"action":"created","line":{},"profile":{},"tags":{},"fields":"#,
+            row.line,
+            json(&profile)?,
+            json(&distinct(&row.tags))?
+        );
+        let tail = format!(
+            r#","identity_added":{},"subscription":{}}}"#,
+            row.identity.is_some(),
+            json(&change.map(|s| s.state().as_str()))?
+        );
+        Ok(Prepared {
+            head,
+            tail,
+            topics: change.map(|c| json_strings(c.topics())).unwrap_or_default(),
+        })
+    }
+}
+
+/// `v` as JSON text.
+fn json<T: serde::Serialize + ?Sized>(v: &T) -> Result<String> {
+    serde_json::to_string(v)
+        .map_err(|e| StoreError::Database(format!("cannot encode an event: {e}")))
+}
+
+/// Prepares every row of a batch (see [`Prepared`]), sending them in chunks. Stops
+/// early if the writer has gone (the receiver dropped) or a row cannot be encoded (the
+/// writer then prepares the rest itself).
+pub(crate) fn prepare(rows: &[ImportRow], to: mpsc::Sender<Vec<Prepared>>) {
+    for chunk in rows.chunks(PREPARE_CHUNK) {
+        let Ok(items) = chunk.iter().map(Prepared::of).collect::<Result<Vec<_>>>() else {
+            return;
+        };
+        if to.send(items).is_err() {
+            return;
+        }
+    }
+}
+
+/// The writer's side of [`prepare`]: prepared rows by row index, received as needed.
+struct Feed {
+    from: Option<mpsc::Receiver<Vec<Prepared>>>,
+    items: Vec<Option<Prepared>>,
+}
+
+impl Feed {
+    /// Row `i`'s prepared part, waiting for its chunk; `None` if the preparing side
+    /// stopped (the caller prepares the row itself).
+    fn take(&mut self, i: usize) -> Option<Prepared> {
+        while self.items.len() <= i {
+            let chunk = self.from.as_ref()?.recv();
+            match chunk {
+                Ok(chunk) => self.items.extend(chunk.into_iter().map(Some)),
+                Err(_) => {
+                    self.from = None;
+                    return None;
+                }
+            }
+        }
+        self.items.get_mut(i).and_then(Option::take)
+    }
+}
+
 /// An existing identity found by the row's channel address.
 struct Found {
     identity: IdentityId,
@@ -179,10 +289,10 @@ struct Found {
 
 fn import_row<'a>(
     c: &Connection,
-    b: &mut Batch,
+    b: &mut Batch<'_>,
     rows: &'a [ImportRow],
     i: usize,
-    mut pending: Option<&mut Pending<'a>>,
+    mut pending: Option<(&mut Pending<'a>, &mut Feed)>,
 ) -> std::result::Result<(ContactId, ImportAction), RowError> {
     let row = &rows[i];
     if let Some((ch, _)) = &row.identity {
@@ -203,12 +313,12 @@ fn import_row<'a>(
     // phone or e-mail is the lowest id and the buffer is only consulted on a miss.
     let mut found: Option<Found> = None;
     if let Some((ch, ext)) = &row.identity {
-        found = find_identity(c, *ch, ext)?;
+        found = b.find_identity(*ch, ext)?;
         if found.is_none() {
-            if let Some(p) = pending.as_deref_mut() {
+            if let Some((p, _)) = pending.as_mut() {
                 if p.by_identity.contains_key(&(ch.0, ext.as_str())) {
                     p.flush(c, b)?;
-                    found = find_identity(c, *ch, ext)?;
+                    found = b.find_identity(*ch, ext)?;
                 }
             }
         }
@@ -216,12 +326,12 @@ fn import_row<'a>(
     let mut contact = found.as_ref().map(|f| f.contact);
     if contact.is_none() {
         if let Some(phone) = &row.profile.phone {
-            contact = find_by(c, b.ws, "phone", phone)?;
+            contact = b.find_by(true, phone)?;
             if contact.is_none() {
-                if let Some(p) = pending.as_deref_mut() {
+                if let Some((p, _)) = pending.as_mut() {
                     if p.by_phone.contains_key(phone.as_str()) {
                         p.flush(c, b)?;
-                        contact = find_by(c, b.ws, "phone", phone)?;
+                        contact = b.find_by(true, phone)?;
                     }
                 }
             }
@@ -229,24 +339,24 @@ fn import_row<'a>(
     }
     if contact.is_none() {
         if let Some(email) = &row.profile.email {
-            contact = find_by(c, b.ws, "email", email)?;
+            contact = b.find_by(false, email)?;
             if contact.is_none() {
-                if let Some(p) = pending.as_deref_mut() {
+                if let Some((p, _)) = pending.as_mut() {
                     if p.by_email.contains_key(email.as_str()) {
                         p.flush(c, b)?;
-                        contact = find_by(c, b.ws, "email", email)?;
+                        contact = b.find_by(false, email)?;
                     }
                 }
             }
         }
     }
     match (contact, pending) {
-        (None, Some(p)) => p.add(c, b, row),
+        (None, Some((p, feed))) => p.add(c, b, rows, i, feed),
         (None, None) => create(c, b, row),
         (Some(id), pending) => {
             // An update may insert an identity with an automatic id, which must not
             // collide with ids handed to pending contacts: write those first.
-            if let Some(p) = pending {
+            if let Some((p, _)) = pending {
                 p.flush(c, b)?;
             }
             update(c, b, row, id, found)
@@ -254,34 +364,33 @@ fn import_row<'a>(
     }
 }
 
-fn find_identity(c: &Connection, ch: ChannelId, ext: &str) -> Result<Option<Found>> {
-    Ok(c.prepare_cached(
-        "SELECT id, contact_id, sub_state, sub_topics FROM identities WHERE channel_id = ?1 AND external_id = ?2",
-    )?
-    .query_row(params![ch.0, ext], |r| {
-        Ok(Found {
-            identity: IdentityId(r.get(0)?),
-            contact: ContactId(r.get(1)?),
-            state: r.get(2)?,
-            topics: r.get(3)?,
-        })
-    })
-    .optional()?)
-}
+impl Batch<'_> {
+    /// The identity at (`ch`, `ext`), if any.
+    fn find_identity(&mut self, ch: ChannelId, ext: &str) -> Result<Option<Found>> {
+        Ok(self
+            .by_identity
+            .query_row(params![ch.0, ext], |r| {
+                Ok(Found {
+                    identity: IdentityId(r.get(0)?),
+                    contact: ContactId(r.get(1)?),
+                    state: r.get(2)?,
+                    topics: r.get(3)?,
+                })
+            })
+            .optional()?)
+    }
 
-/// The lowest contact id in `ws` whose `column` (phone or email) is `value`.
-fn find_by(
-    c: &Connection,
-    ws: WorkspaceId,
-    column: &str,
-    value: &str,
-) -> Result<Option<ContactId>> {
-    let sql = format!(
-        "SELECT id FROM contacts WHERE workspace_id = ?1 AND {column} = ?2 AND {column} IS NOT NULL ORDER BY id LIMIT 1"
-    );
-    Ok(c.prepare_cached(&sql)?
-        .query_row(params![ws.0, value], |r| r.get(0).map(ContactId))
-        .optional()?)
+    /// The lowest contact id in the workspace whose phone (or e-mail) is `value`.
+    fn find_by(&mut self, phone: bool, value: &str) -> Result<Option<ContactId>> {
+        let stmt = if phone {
+            &mut self.by_phone
+        } else {
+            &mut self.by_email
+        };
+        Ok(stmt
+            .query_row(params![self.ws.0, value], |r| r.get(0).map(ContactId))
+            .optional()?)
+    }
 }
 
 /// Distinct names in order (a file may repeat a tag within a row).
@@ -298,7 +407,7 @@ fn distinct(names: &[String]) -> Vec<&String> {
 #[allow(clippy::too_many_arguments)]
 fn imported_event(
     c: &Connection,
-    b: &Batch,
+    b: &Batch<'_>,
     id: ContactId,
     action: &str,
     line: u64,
@@ -342,7 +451,7 @@ fn field_keys_of<'a>(b: &'a Batch, values: &[&FieldValue]) -> Vec<&'a str> {
 
 fn create(
     c: &Connection,
-    b: &mut Batch,
+    b: &mut Batch<'_>,
     row: &ImportRow,
 ) -> std::result::Result<(ContactId, ImportAction), RowError> {
     let id = insert_contact(c, b.ws, &row.profile, row.source.as_deref(), b.at)?;
@@ -383,7 +492,7 @@ fn create(
 
 fn update(
     c: &Connection,
-    b: &mut Batch,
+    b: &mut Batch<'_>,
     row: &ImportRow,
     id: ContactId,
     found: Option<Found>,
@@ -530,23 +639,73 @@ fn update(
 /// statements are cheaper to prepare and cache).
 const MAX_PARAMS: usize = 900;
 
-/// Runs `INSERT … VALUES (…), (…)` for `params` (`cols` per row) in as few statements as
-/// the parameter limit allows.
+/// Runs `INSERT … VALUES (…), (…)` in as few statements as the parameter limit allows.
+///
+/// `row` describes one row's values: `0` takes the next value of `params`, `n > 0` the
+/// n-th of `consts` — the workspace, the time and the like, the same in every row, bound
+/// once per statement as `?n` instead of once per row (binding is a good part of the
+/// writer's time).
+///
+/// The statements say `OR FAIL` (or `OR IGNORE`), not the default `ABORT`: an aborting
+/// multi-row statement must be able to undo its own earlier rows, so SQLite copies every
+/// page it touches into a statement journal first. Here any failure fails the whole
+/// job, whose transaction is rolled back anyway (then replayed row by row).
 fn insert_many(
     c: &Connection,
     head: &str,
-    cols: usize,
-    tail: &str,
+    row: &[u8],
+    consts: &[&dyn ToSql],
     params: &[&dyn ToSql],
 ) -> Result<()> {
-    let per_stmt = (MAX_PARAMS / cols).max(1) * cols;
-    for chunk in params.chunks(per_stmt) {
-        let n = chunk.len() / cols;
-        let one = format!("({})", vec!["?"; cols].join(","));
-        let sql = format!("{head} VALUES {}{tail}", vec![one.as_str(); n].join(","));
-        c.prepare_cached(&sql)?.execute(chunk)?;
+    let vars = row.iter().filter(|s| **s == 0).count().max(1);
+    let full_rows = ((MAX_PARAMS - consts.len()) / vars).max(1);
+    // The full-size statement is looked up once per call, not once per chunk: the
+    // statement cache hashes the whole SQL text on every lookup.
+    let mut full = None;
+    for chunk in params.chunks(full_rows * vars) {
+        let n = chunk.len() / vars;
+        let mut tail = None;
+        let stmt = if n == full_rows {
+            match &mut full {
+                Some(s) => s,
+                None => full.insert(c.prepare_cached(&values_sql(head, row, consts.len(), n))?),
+            }
+        } else {
+            tail.insert(c.prepare_cached(&values_sql(head, row, consts.len(), n))?)
+        };
+        for (i, v) in consts.iter().chain(chunk).enumerate() {
+            stmt.raw_bind_parameter(i + 1, v)?;
+        }
+        stmt.raw_execute()?;
     }
     Ok(())
+}
+
+/// `head VALUES (…), (…)` for `n` rows shaped as `row` (see [`insert_many`]).
+fn values_sql(head: &str, row: &[u8], consts: usize, n: usize) -> String {
+    use std::fmt::Write as _;
+    let mut sql = String::with_capacity(head.len() + 16 + n * row.len() * 6);
+    sql.push_str(head);
+    sql.push_str(" VALUES ");
+    let mut next = consts;
+    for r in 0..n {
+        sql.push_str(if r == 0 { "(" } else { ",(" });
+        for (j, slot) in row.iter().enumerate() {
+            if j > 0 {
+                sql.push(',');
+            }
+            let idx = if *slot == 0 {
+                next += 1;
+                next
+            } else {
+                usize::from(*slot)
+            };
+            // Writing to a String cannot fail.
+            let _ = write!(sql, "?{idx}");
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 /// A new contact decided on but not yet written.
@@ -598,9 +757,12 @@ impl<'a> Pending<'a> {
     fn add(
         &mut self,
         c: &Connection,
-        b: &mut Batch,
-        row: &'a ImportRow,
+        b: &mut Batch<'_>,
+        rows: &'a [ImportRow],
+        i: usize,
+        feed: &mut Feed,
     ) -> std::result::Result<(ContactId, ImportAction), RowError> {
+        let row = &rows[i];
         let id = self.next_contact;
         self.next_contact += 1;
         let identity = match &row.identity {
@@ -635,25 +797,16 @@ impl<'a> Pending<'a> {
         }
         let values: Vec<&FieldValue> = row.fields.iter().collect();
         let keys = field_keys_of(b, &values);
-        let profile: Vec<&str> = PROFILE_ATTRS
-            .iter()
-            .zip(profile_values(&row.profile))
-            .filter(|(_, v)| v.is_some())
-            .map(|(n, _)| *n)
-            .collect();
         let change = row.identity.as_ref().and(row.subscription.as_ref());
-        let event = json!({
-            "action": "created",
-            "line": row.line,
-            "profile": profile,
-            "tags": names,
-            "fields": keys,
-            "identity_added": identity.is_some(),
-            "subscription": change.map(|s| s.state().as_str()),
-        })
-        .to_string();
+        let prepared = match feed.take(i) {
+            Some(p) => p,
+            None => Prepared::of(row)?,
+        };
+        let mut event = prepared.head;
+        event.push_str(&json(&keys)?);
+        event.push_str(&prepared.tail);
         let (state, topics) = match change {
-            Some(ch) => (ch.state().as_str(), json_strings(ch.topics())),
+            Some(ch) => (ch.state().as_str(), prepared.topics),
             None => (
                 voronka_core::subscription::SubscriptionState::Unsubscribed.as_str(),
                 "[]".to_string(),
@@ -674,7 +827,7 @@ impl<'a> Pending<'a> {
     }
 
     /// Writes every pending contact with its identity, history, tags, fields and event.
-    fn flush(&mut self, c: &Connection, b: &Batch) -> Result<()> {
+    fn flush(&mut self, c: &Connection, b: &Batch<'_>) -> Result<()> {
         if self.items.is_empty() {
             return Ok(());
         }
@@ -683,12 +836,12 @@ impl<'a> Pending<'a> {
         let kind = EventKind::ContactImported.as_str();
         let items = &self.items;
 
+        let consts: [&dyn ToSql; 3] = [&ws, &at, &kind];
         let mut p: Vec<&dyn ToSql> = Vec::with_capacity(items.len() * 13);
         for it in items {
             let pr = &it.row.profile;
             p.extend_from_slice(&[
                 &it.id as &dyn ToSql,
-                &ws,
                 &pr.first_name,
                 &pr.last_name,
                 &pr.username,
@@ -698,15 +851,13 @@ impl<'a> Pending<'a> {
                 &pr.email,
                 &pr.avatar_url,
                 &it.row.source,
-                &at,
-                &at,
             ]);
         }
         insert_many(
             c,
-            &format!("INSERT INTO contacts (id, workspace_id, {PROFILE_COLS}, source, created_at, updated_at)"),
-            13,
-            "",
+            &format!("INSERT OR FAIL INTO contacts (id, workspace_id, {PROFILE_COLS}, source, created_at, updated_at)"),
+            &[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2],
+            &consts,
             &p,
         )?;
 
@@ -734,11 +885,9 @@ impl<'a> Pending<'a> {
             if let Some((iid, ch, ext)) = &it.identity {
                 p.extend_from_slice(&[
                     iid as &dyn ToSql,
-                    &ws,
                     &it.id,
                     ch,
                     ext,
-                    &at,
                     &it.state,
                     &it.topics,
                     &pf[0],
@@ -746,16 +895,15 @@ impl<'a> Pending<'a> {
                     &pf[1],
                     &pf[2],
                     &pf[3],
-                    &at,
                 ]);
             }
         }
         insert_many(
             c,
-            "INSERT INTO identities (id, workspace_id, contact_id, channel_id, external_id, created_at, sub_state, \
+            "INSERT OR FAIL INTO identities (id, workspace_id, contact_id, channel_id, external_id, created_at, sub_state, \
              sub_topics, proof_source, proof_at, proof_text, proof_ip, proof_message_id, sub_updated_at)",
-            14,
-            "",
+            &[0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 2],
+            &consts,
             &p,
         )?;
 
@@ -764,8 +912,7 @@ impl<'a> Pending<'a> {
             let subscribed = it.row.subscription.is_some();
             if let (Some((iid, ch, _)), true) = (&it.identity, subscribed) {
                 p.extend_from_slice(&[
-                    &ws as &dyn ToSql,
-                    &it.id,
+                    &it.id as &dyn ToSql,
                     iid,
                     ch,
                     &it.state,
@@ -775,56 +922,55 @@ impl<'a> Pending<'a> {
                     &pf[1],
                     &pf[2],
                     &pf[3],
-                    &at,
                 ]);
             }
         }
         insert_many(
             c,
-            "INSERT INTO subscription_history (workspace_id, contact_id, identity_id, channel_id, state, topics, \
+            "INSERT OR FAIL INTO subscription_history (workspace_id, contact_id, identity_id, channel_id, state, topics, \
              proof_source, proof_at, proof_text, proof_ip, proof_message_id, created_at)",
-            12,
-            "",
+            &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            &consts,
             &p,
         )?;
 
         p.clear();
         for it in items {
             for t in &it.tags {
-                p.extend_from_slice(&[t as &dyn ToSql, &it.id, &ws, &at]);
+                p.extend_from_slice(&[t as &dyn ToSql, &it.id]);
             }
         }
         insert_many(
             c,
             "INSERT OR IGNORE INTO contact_tags (tag_id, contact_id, workspace_id, created_at)",
-            4,
-            "",
+            &[0, 0, 1, 2],
+            &consts,
             &p,
         )?;
 
         p.clear();
         for it in items {
             for (f, text, num) in &it.fields {
-                p.extend_from_slice(&[&it.id as &dyn ToSql, f, &ws, text, num, &at]);
+                p.extend_from_slice(&[&it.id as &dyn ToSql, f, text, num]);
             }
         }
         insert_many(
             c,
-            "INSERT INTO contact_fields (contact_id, field_id, workspace_id, value_text, value_num, updated_at)",
-            6,
-            "",
+            "INSERT OR FAIL INTO contact_fields (contact_id, field_id, workspace_id, value_text, value_num, updated_at)",
+            &[0, 0, 1, 0, 0, 2],
+            &consts,
             &p,
         )?;
 
         p.clear();
         for it in items {
-            p.extend_from_slice(&[&ws as &dyn ToSql, &it.id, &kind, &it.event, &at]);
+            p.extend_from_slice(&[&it.id as &dyn ToSql, &it.event]);
         }
         insert_many(
             c,
-            "INSERT INTO events (workspace_id, contact_id, kind, data, created_at)",
-            5,
-            "",
+            "INSERT OR FAIL INTO events (workspace_id, contact_id, kind, data, created_at)",
+            &[1, 0, 3, 0, 2],
+            &consts,
             &p,
         )?;
 

@@ -37,6 +37,9 @@ const READERS: usize = 4;
 /// 24 MiB keeps their hot pages in memory while an idle server stays well under 100 MB.
 const WRITER_CACHE_KIB: i64 = 24 * 1024;
 
+/// Page cache of the checkpoint connection, in KiB.
+const CHECKPOINT_CACHE_KIB: i64 = 1024;
+
 /// Page cache of each read connection, in KiB. Large scans stream through the OS page
 /// cache anyway; a small cache per reader bounds memory at `READERS` × this.
 const READER_CACHE_KIB: i64 = 8 * 1024;
@@ -75,12 +78,16 @@ impl SqliteStore {
             )));
         }
         configure(&conn, WRITER_CACHE_KIB)?;
-        // Checkpoint every 32 MiB of WAL instead of 4 MiB: a page rewritten by several
-        // import batches (index right edges, hot tag ranges) is copied back once, not
-        // once per batch. A large import can inflate the WAL; cut it back afterwards.
-        conn.pragma_update(None, "wal_autocheckpoint", 8192)?;
+        // The checkpoint thread copies the WAL back (see `writer`); the writer checkpoints
+        // itself only if the WAL outgrows 256 MiB (the checkpoint thread lagging behind).
+        // A large import can inflate the WAL; cut it back afterwards.
+        conn.pragma_update(None, "wal_autocheckpoint", 65536)?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
-        let writer = writer::Writer::start(conn)?;
+        let ckpt = Connection::open(path)?;
+        // A checkpoint copies frames through its own buffer, not the page cache.
+        configure(&ckpt, CHECKPOINT_CACHE_KIB)?;
+        ckpt.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let writer = writer::Writer::start(conn, ckpt)?;
         let mut conns = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let c = Connection::open(path)?;
