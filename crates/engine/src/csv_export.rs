@@ -116,7 +116,7 @@ fn contact_row(c: &Contact, keys: &[String]) -> Vec<String> {
         o(&p.email),
         o(&p.avatar_url),
         o(&c.source),
-        c.tags.join(";"),
+        tags_cell(&c.tags),
         id.map(|i| i.channel_id.to_string()).unwrap_or_default(),
         id.map(|i| i.external_id.clone()).unwrap_or_default(),
         subscribed,
@@ -166,8 +166,25 @@ async fn send(
         .map_err(|_| ExportError::Write("the receiver went away".into()))
 }
 
+/// Tags joined by `;`. The importer splits on `,` when a cell has no `;`, so a lone tag
+/// containing a comma gets a trailing `;` to come back whole.
+fn tags_cell(tags: &[String]) -> String {
+    let mut cell = tags.join(";");
+    if cell.contains(',') && !cell.contains(';') {
+        cell.push(';');
+    }
+    cell
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_tag_with_a_comma_survives_the_round_trip() {
+        assert_eq!(super::tags_cell(&["a, b".to_string()]), "a, b;");
+        assert_eq!(super::tags_cell(&["a".to_string(), "b".to_string()]), "a;b");
+        assert_eq!(super::tags_cell(&[]), "");
+    }
+
     use super::*;
 
     #[test]
