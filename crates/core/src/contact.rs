@@ -30,6 +30,47 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// Attribute names in storage order, as reported in `profile_updated` and
+    /// `contact_imported` events.
+    pub const ATTRIBUTES: [&'static str; 8] = [
+        "first_name",
+        "last_name",
+        "username",
+        "language",
+        "time_zone",
+        "phone",
+        "email",
+        "avatar_url",
+    ];
+
+    /// The attributes in [`Profile::ATTRIBUTES`] order.
+    pub fn values(&self) -> [&Option<String>; 8] {
+        [
+            &self.first_name,
+            &self.last_name,
+            &self.username,
+            &self.language,
+            &self.time_zone,
+            &self.phone,
+            &self.email,
+            &self.avatar_url,
+        ]
+    }
+
+    /// Mutable access to the attributes in [`Profile::ATTRIBUTES`] order.
+    pub fn values_mut(&mut self) -> [&mut Option<String>; 8] {
+        [
+            &mut self.first_name,
+            &mut self.last_name,
+            &mut self.username,
+            &mut self.language,
+            &mut self.time_zone,
+            &mut self.phone,
+            &mut self.email,
+            &mut self.avatar_url,
+        ]
+    }
+
     /// Checks and normalises every attribute; errors name the attribute.
     pub fn validated(self) -> Result<Profile, ValidationError> {
         Ok(Profile {

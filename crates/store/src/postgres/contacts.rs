@@ -21,47 +21,6 @@ use voronka_core::filter::ContactFilter;
 use voronka_core::subscription::{SubscriptionChange, SubscriptionState};
 use voronka_core::*;
 
-/// Profile attribute names in storage order, as reported in `profile_updated` and
-/// `contact_imported` events.
-pub(crate) const PROFILE_ATTRS: [&str; 8] = [
-    "first_name",
-    "last_name",
-    "username",
-    "language",
-    "time_zone",
-    "phone",
-    "email",
-    "avatar_url",
-];
-
-/// The profile's attributes in [`PROFILE_ATTRS`] order.
-pub(crate) fn profile_values(p: &Profile) -> [&Option<String>; 8] {
-    [
-        &p.first_name,
-        &p.last_name,
-        &p.username,
-        &p.language,
-        &p.time_zone,
-        &p.phone,
-        &p.email,
-        &p.avatar_url,
-    ]
-}
-
-/// Mutable access to the profile's attributes in [`PROFILE_ATTRS`] order.
-pub(crate) fn profile_values_mut(p: &mut Profile) -> [&mut Option<String>; 8] {
-    [
-        &mut p.first_name,
-        &mut p.last_name,
-        &mut p.username,
-        &mut p.language,
-        &mut p.time_zone,
-        &mut p.phone,
-        &mut p.email,
-        &mut p.avatar_url,
-    ]
-}
-
 fn clamp_limit(limit: u32) -> i64 {
     i64::from(limit.clamp(1, 1000))
 }
@@ -528,12 +487,12 @@ impl ContactStore for PgStore {
         .ok_or(StoreError::not_found("contact"))?;
         refuse_erased(r.try_get("erased_at")?)?;
         let current = rows::profile(&r)?;
-        let changed: Vec<&str> = PROFILE_ATTRS
+        let changed: Vec<&str> = Profile::ATTRIBUTES
             .iter()
             .zip(
-                profile_values(&current)
+                Profile::values(&current)
                     .iter()
-                    .zip(profile_values(&profile)),
+                    .zip(Profile::values(&profile)),
             )
             .filter(|(_, (a, b))| **a != *b)
             .map(|(n, _)| *n)

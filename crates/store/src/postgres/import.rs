@@ -18,7 +18,6 @@
 //! took an identity), the savepoint is rolled back and the rows are replayed one by one,
 //! each in its own savepoint, so only the failing rows fail.
 
-use super::contacts::{profile_values, profile_values_mut, PROFILE_ATTRS};
 use super::now_us;
 use super::schema::{ensure_tags, field_infos, FieldInfo};
 use crate::model::*;
@@ -31,7 +30,7 @@ use voronka_core::contact::Profile;
 use voronka_core::subscription::{ConsentProof, SubscriptionState};
 use voronka_core::*;
 
-/// Index of the phone and e-mail attributes in `PROFILE_ATTRS`.
+/// Index of the phone and e-mail attributes in `Profile::ATTRIBUTES`.
 const PHONE: usize = 5;
 const EMAIL: usize = 6;
 
@@ -283,7 +282,7 @@ fn find_by(idx: &ValueIndex, cands: &[Cand], attr: usize, value: &str) -> Option
     idx.get(value)?
         .iter()
         .copied()
-        .find(|&c| profile_values(&cands[c].profile)[attr].as_deref() == Some(value))
+        .find(|&c| Profile::values(&cands[c].profile)[attr].as_deref() == Some(value))
 }
 
 /// Applies `which` rows (indexes into `rows`) in order; returns each row's contact and
@@ -486,13 +485,13 @@ async fn apply(
 
         let mut changed_attrs: Vec<&str> = Vec::new();
         {
-            let wanted = profile_values(&row.profile);
-            let current = profile_values_mut(&mut cands[c].profile);
+            let wanted = Profile::values(&row.profile);
+            let current = Profile::values_mut(&mut cands[c].profile);
             for (k, slot) in current.into_iter().enumerate() {
                 if let Some(v) = wanted[k] {
                     if slot.as_ref() != Some(v) {
                         *slot = Some(v.clone());
-                        changed_attrs.push(PROFILE_ATTRS[k]);
+                        changed_attrs.push(Profile::ATTRIBUTES[k]);
                     }
                 }
             }
@@ -670,10 +669,10 @@ async fn write_contacts(
             continue;
         }
         let ids: Vec<i64> = sel.iter().map(|c| c.id).collect();
-        let cols: Vec<Vec<Option<&str>>> = (0..PROFILE_ATTRS.len())
+        let cols: Vec<Vec<Option<&str>>> = (0..Profile::ATTRIBUTES.len())
             .map(|k| {
                 sel.iter()
-                    .map(|c| profile_values(&c.profile)[k].as_deref())
+                    .map(|c| Profile::values(&c.profile)[k].as_deref())
                     .collect()
             })
             .collect();

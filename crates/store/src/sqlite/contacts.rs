@@ -446,9 +446,9 @@ impl ContactStore for SqliteStore {
         self.write(move |c| {
             ensure_live_contact(c, ws, id)?;
             let old = profile_of(c, ws, id)?;
-            let changed: Vec<&str> = PROFILE_ATTRS
+            let changed: Vec<&str> = Profile::ATTRIBUTES
                 .iter()
-                .zip(profile_values(&old).into_iter().zip(profile_values(&profile)))
+                .zip(Profile::values(&old).into_iter().zip(Profile::values(&profile)))
                 .filter(|(_, (a, b))| a != b)
                 .map(|(name, _)| *name)
                 .collect();

@@ -26,6 +26,7 @@ use rusqlite::{params, CachedStatement, Connection, OptionalExtension, ToSql};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc;
+use voronka_core::contact::Profile;
 use voronka_core::event::EventKind;
 use voronka_core::field::FieldValue;
 use voronka_core::subscription::SubscriptionChange;
@@ -207,9 +208,9 @@ pub(crate) struct Prepared {
 
 impl Prepared {
     fn of(row: &ImportRow) -> Result<Self> {
-        let profile: Vec<&str> = PROFILE_ATTRS
+        let profile: Vec<&str> = Profile::ATTRIBUTES
             .iter()
-            .zip(profile_values(&row.profile))
+            .zip(Profile::values(&row.profile))
             .filter(|(_, v)| v.is_some())
             .map(|(n, _)| *n)
             .collect();
@@ -455,9 +456,9 @@ fn create(
     row: &ImportRow,
 ) -> std::result::Result<(ContactId, ImportAction), RowError> {
     let id = insert_contact(c, b.ws, &row.profile, row.source.as_deref(), b.at)?;
-    let profile: Vec<&str> = PROFILE_ATTRS
+    let profile: Vec<&str> = Profile::ATTRIBUTES
         .iter()
-        .zip(profile_values(&row.profile))
+        .zip(Profile::values(&row.profile))
         .filter(|(_, v)| v.is_some())
         .map(|(n, _)| *n)
         .collect();
@@ -505,9 +506,9 @@ fn update(
         .query_row([id.0], |r| profile_at(r, 0))?;
     let mut merged = current.clone();
     let changed: Vec<&str> = {
-        let cur = profile_values(&current);
-        let new = profile_values(&row.profile);
-        PROFILE_ATTRS
+        let cur = Profile::values(&current);
+        let new = Profile::values(&row.profile);
+        Profile::ATTRIBUTES
             .iter()
             .zip(cur.into_iter().zip(new))
             .filter(|(_, (cur, new))| new.is_some() && cur != new)

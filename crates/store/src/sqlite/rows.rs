@@ -70,35 +70,9 @@ pub(crate) fn is_unique(e: &rusqlite::Error) -> bool {
             || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
 }
 
-/// The profile columns, in the order [`profile_at`] and [`PROFILE_ATTRS`] use.
+/// The profile columns, in the order [`profile_at`] and [`Profile::ATTRIBUTES`] use.
 pub(crate) const PROFILE_COLS: &str =
     "first_name, last_name, username, language, time_zone, phone, email, avatar_url";
-
-/// Profile attribute names, as reported in `profile_updated` / `contact_imported`.
-pub(crate) const PROFILE_ATTRS: [&str; 8] = [
-    "first_name",
-    "last_name",
-    "username",
-    "language",
-    "time_zone",
-    "phone",
-    "email",
-    "avatar_url",
-];
-
-/// The eight profile attributes as an array (same order as [`PROFILE_ATTRS`]).
-pub(crate) fn profile_values(p: &Profile) -> [&Option<String>; 8] {
-    [
-        &p.first_name,
-        &p.last_name,
-        &p.username,
-        &p.language,
-        &p.time_zone,
-        &p.phone,
-        &p.email,
-        &p.avatar_url,
-    ]
-}
 
 /// Reads the eight profile columns starting at `start`.
 pub(crate) fn profile_at(row: &Row<'_>, start: usize) -> rusqlite::Result<Profile> {
