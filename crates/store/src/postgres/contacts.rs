@@ -80,6 +80,19 @@ async fn touch(conn: &mut PgConnection, id: ContactId, now: i64) -> Result<()> {
     Ok(())
 }
 
+/// Records one change to a contact: its event, and its new `updated_at`.
+async fn record_change(
+    conn: &mut PgConnection,
+    ws: WorkspaceId,
+    id: ContactId,
+    kind: EventKind,
+    data: &Value,
+    now: i64,
+) -> Result<()> {
+    insert_event(conn, ws, id, kind, data, now).await?;
+    touch(conn, id, now).await
+}
+
 /// Appends an event to a contact's log.
 pub(crate) async fn insert_event(
     conn: &mut PgConnection,
@@ -516,7 +529,7 @@ impl ContactStore for PgStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            insert_event(
+            record_change(
                 &mut tx,
                 ws,
                 id,
@@ -623,7 +636,6 @@ impl ContactStore for PgStore {
                 now,
             )
             .await?;
-            touch(&mut tx, id, now).await?;
         }
         tx.commit().await?;
         Ok(n > 0)
@@ -662,7 +674,7 @@ impl ContactStore for PgStore {
             .await?
             .rows_affected();
         if n > 0 {
-            insert_event(
+            record_change(
                 &mut tx,
                 ws,
                 id,
@@ -671,7 +683,6 @@ impl ContactStore for PgStore {
                 now,
             )
             .await?;
-            touch(&mut tx, id, now).await?;
         }
         tx.commit().await?;
         Ok(n > 0)
@@ -711,7 +722,7 @@ impl ContactStore for PgStore {
         .await?
         .ok_or(StoreError::not_found("identity"))?
         .try_get(0)?;
-        insert_event(
+        record_change(
             &mut tx,
             ws,
             id,
@@ -720,7 +731,6 @@ impl ContactStore for PgStore {
             now,
         )
         .await?;
-        touch(&mut tx, id, now).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -60,6 +60,19 @@ pub(crate) fn touch_contact(c: &Connection, id: ContactId, at: Timestamp) -> Res
     Ok(())
 }
 
+/// Records one change to a contact: its event, and its new `updated_at`.
+fn record_change(
+    c: &Connection,
+    ws: WorkspaceId,
+    id: ContactId,
+    kind: EventKind,
+    data: &Value,
+) -> Result<()> {
+    let at = now();
+    insert_event(c, ws, id, kind.as_str(), data, at)?;
+    touch_contact(c, id, at)
+}
+
 /// The id of tag `name` in `ws`, if it exists.
 pub(crate) fn find_tag(c: &Connection, ws: WorkspaceId, name: &str) -> Result<Option<TagId>> {
     Ok(
@@ -555,16 +568,7 @@ impl ContactStore for SqliteStore {
             if n == 0 {
                 return Ok(false);
             }
-            let at = now();
-            insert_event(
-                c,
-                ws,
-                id,
-                EventKind::TagRemoved.as_str(),
-                &json!({"tag": name}),
-                at,
-            )?;
-            touch_contact(c, id, at)?;
+            record_change(c, ws, id, EventKind::TagRemoved, &json!({"tag": name}))?;
             Ok(true)
         })
         .await
@@ -605,16 +609,7 @@ impl ContactStore for SqliteStore {
             if n == 0 {
                 return Ok(false);
             }
-            let at = now();
-            insert_event(
-                c,
-                ws,
-                id,
-                EventKind::FieldUnset.as_str(),
-                &json!({"key": key}),
-                at,
-            )?;
-            touch_contact(c, id, at)?;
+            record_change(c, ws, id, EventKind::FieldUnset, &json!({"key": key}))?;
             Ok(true)
         })
         .await
@@ -654,16 +649,7 @@ impl ContactStore for SqliteStore {
                 .ok_or_else(|| StoreError::not_found("identity"))?;
             // History rows keep the identity id (no foreign key): consent records outlive it.
             c.execute("DELETE FROM identities WHERE id = ?1", [identity.0])?;
-            let at = now();
-            insert_event(
-                c,
-                ws,
-                id,
-                EventKind::IdentityRemoved.as_str(),
-                &json!({"identity_id": identity.0, "channel_id": channel}),
-                at,
-            )?;
-            touch_contact(c, id, at)?;
+            record_change(c, ws, id, EventKind::IdentityRemoved, &json!({"identity_id": identity.0, "channel_id": channel}))?;
             Ok(())
         })
         .await
