@@ -21,13 +21,16 @@ pub const DEFAULT_DATA_DIR: &str = "./voronka-data";
 pub const KEY_FILE: &str = "secret.key";
 
 /// Every configuration key; each can be set in the file or as `VORONKA_<KEY>`.
-pub const KEYS: [&str; 6] = [
+pub const KEYS: [&str; 9] = [
     "listen",
     "database_url",
     "public_url",
     "secret_key",
     "log_format",
     "log_level",
+    "telegram_api_url",
+    "telegram_poll_timeout_secs",
+    "outbox_lease_secs",
 ];
 
 /// How log lines are written.
@@ -56,6 +59,14 @@ pub struct Config {
     pub log_format: LogFormat,
     /// A tracing filter (`info`, `voronka=debug,info`); `RUST_LOG` overrides it.
     pub log_level: String,
+    /// Base URL of the Telegram Bot API (change only for a local Bot API server or
+    /// Voronka's fake).
+    pub telegram_api_url: String,
+    /// How long one `getUpdates` long poll waits (polling mode).
+    pub telegram_poll_timeout_secs: u64,
+    /// How long a message being sent stays with its worker before it is retried by
+    /// another (after a crash).
+    pub outbox_lease_secs: u64,
 }
 
 impl Default for Config {
@@ -67,6 +78,9 @@ impl Default for Config {
             secret_key: None,
             log_format: LogFormat::Text,
             log_level: "info".to_string(),
+            telegram_api_url: "https://api.telegram.org".to_string(),
+            telegram_poll_timeout_secs: 25,
+            outbox_lease_secs: 30,
         }
     }
 }
@@ -109,6 +123,37 @@ impl Config {
                 msg.push_str(&describe(&err));
             }
             anyhow::anyhow!(msg)
+        })
+    }
+
+    /// The messaging runtime's settings.
+    pub fn messaging(&self) -> anyhow::Result<voronka_engine::messaging::MessagingConfig> {
+        let api = url::Url::parse(&self.telegram_api_url)
+            .ok()
+            .filter(|u| u.scheme() == "http" || u.scheme() == "https")
+            .with_context(|| {
+                format!(
+                    "invalid configuration: `telegram_api_url` {} is not an http(s) URL",
+                    self.telegram_api_url
+                )
+            })?;
+        if let Some(p) = &self.public_url {
+            url::Url::parse(p)
+                .ok()
+                .filter(|u| u.scheme() == "http" || u.scheme() == "https")
+                .with_context(|| {
+                    format!("invalid configuration: `public_url` {p} is not an http(s) URL")
+                })?;
+        }
+        if self.outbox_lease_secs == 0 || self.telegram_poll_timeout_secs > 50 {
+            anyhow::bail!("invalid configuration: `outbox_lease_secs` must be at least 1 and `telegram_poll_timeout_secs` at most 50");
+        }
+        Ok(voronka_engine::messaging::MessagingConfig {
+            telegram_api_url: api.as_str().trim_end_matches('/').to_string(),
+            public_url: self.public_url.clone(),
+            poll_timeout: std::time::Duration::from_secs(self.telegram_poll_timeout_secs),
+            outbox_lease: std::time::Duration::from_secs(self.outbox_lease_secs),
+            ..Default::default()
         })
     }
 

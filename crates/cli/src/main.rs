@@ -65,6 +65,30 @@ enum Command {
     /// Measure performance.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run a protocol-faithful fake provider on 127.0.0.1 (for trying Voronka without
+    /// real accounts, and for tests).
+    #[command(subcommand)]
+    Fake(FakeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum FakeCommand {
+    /// A fake Telegram Bot API: point `telegram_api_url` at it.
+    Telegram {
+        /// Where to listen (loopback only).
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: std::net::SocketAddr,
+        /// A bot to create, as `TOKEN:USERNAME` with TOKEN like `123456:ABC…`
+        /// (repeatable; bots can also be added through `POST /_fake/bots`).
+        #[arg(long = "bot", value_name = "TOKEN:USERNAME")]
+        bots: Vec<String>,
+        /// Messages per second each bot may send before answering 429.
+        #[arg(long, default_value_t = 30.0)]
+        bot_rate: f64,
+        /// Messages per second to one chat before answering 429.
+        #[arg(long, default_value_t = 1.0)]
+        chat_rate: f64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -100,7 +124,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Commands print their results on stdout; unless a level is configured, only the
     // server logs at info.
     let level = match cli.command {
-        Command::Serve => cfg.log_level.as_str(),
+        Command::Serve | Command::Fake(_) => cfg.log_level.as_str(),
         _ if cfg.log_level != config::Config::default().log_level => cfg.log_level.as_str(),
         // The database driver warns about every slow statement; a benchmark is all slow.
         Command::Bench(_) => "warn,sqlx=error",
@@ -120,6 +144,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apikey(c) => admin::apikey(&open(&cfg).await?, c).await,
         Command::Contacts(c) => contacts::run(open(&cfg).await?, c).await,
         Command::Bench(c) => bench::run(c).await,
+        Command::Fake(FakeCommand::Telegram {
+            listen,
+            bots,
+            bot_rate,
+            chat_rate,
+        }) => {
+            let mut parsed = Vec::new();
+            for b in bots {
+                // TOKEN itself contains one colon: split at the last.
+                match b.rsplit_once(':') {
+                    Some((token, name)) if token.contains(':') && !name.is_empty() => {
+                        parsed.push((token.to_string(), name.to_string()))
+                    }
+                    _ => anyhow::bail!("--bot {b}: expected TOKEN:USERNAME, e.g. 123456:ABCdef:my_bot"),
+                }
+            }
+            let config = voronka_fakes::telegram::FakeConfig {
+                bot_rate_per_sec: bot_rate,
+                chat_rate_per_sec: chat_rate,
+                ..Default::default()
+            };
+            voronka_fakes::telegram::run(listen, config, parsed)
+                .await
+                .context("the fake Telegram server failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Openapi => Ok(ExitCode::SUCCESS),
     }
 }
@@ -196,10 +246,16 @@ async fn serve(cfg: &config::Config) -> anyhow::Result<()> {
             b.file.display(),
         );
     }
-    let state = voronka_server::AppState::new(store, secret);
+    let messaging = voronka_engine::messaging::Messaging::new(store, secret, cfg.messaging()?);
+    messaging
+        .start()
+        .await
+        .context("cannot start the channels")?;
+    let state = voronka_server::AppState::with_messaging(messaging.clone());
     voronka_server::serve(listener, state, shutdown_signal())
         .await
         .context("the server failed")?;
+    messaging.stop();
     tracing::info!("stopped");
     Ok(())
 }

@@ -121,3 +121,89 @@ pub fn external_id(v: &str) -> Result<String, ValidationError> {
     }
     Ok(t.to_string())
 }
+
+/// What a channel does on its own, before (and besides) flows: the words that stop and
+/// restart messages, the welcome and the default answer. Stored per channel as JSON;
+/// every attribute has a default so old rows and partial API bodies stay valid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelSettings {
+    /// Messages that unsubscribe (compared case- and punctuation-insensitively).
+    pub stop_words: Vec<String>,
+    /// Messages that subscribe again.
+    pub start_words: Vec<String>,
+    /// Sent after a STOP word.
+    pub stop_reply: String,
+    /// Sent after a START word.
+    pub start_reply: String,
+    /// Sent when someone starts the conversation (Telegram `/start`); none when absent.
+    #[schema(value_type = Option<Object>)]
+    pub welcome: Option<crate::message::OutboundMessage>,
+    /// Sent in answer to any other message while no flow handles it; none when absent.
+    #[schema(value_type = Option<Object>)]
+    pub auto_reply: Option<crate::message::OutboundMessage>,
+    /// The consent text shown with the opt-in (kept as proof with each subscription).
+    pub consent_text: String,
+}
+
+impl Default for ChannelSettings {
+    fn default() -> Self {
+        ChannelSettings {
+            stop_words: ["stop", "стоп", "unsubscribe", "отписаться"]
+                .map(String::from)
+                .to_vec(),
+            start_words: ["start", "старт", "subscribe", "подписаться"]
+                .map(String::from)
+                .to_vec(),
+            stop_reply: "You are unsubscribed and will get no more messages. Send START to subscribe again. / Вы отписались. Чтобы подписаться снова, отправьте СТАРТ.".into(),
+            start_reply: "You are subscribed again. Send STOP to unsubscribe. / Вы снова подписаны. Чтобы отписаться, отправьте СТОП.".into(),
+            welcome: None,
+            auto_reply: None,
+            consent_text: "Subscribe to messages from us. You can send STOP at any time.".into(),
+        }
+    }
+}
+
+impl ChannelSettings {
+    /// Checks sizes and the messages inside.
+    pub fn validated(self) -> Result<ChannelSettings, ValidationError> {
+        for (name, words) in [
+            ("stop_words", &self.stop_words),
+            ("start_words", &self.start_words),
+        ] {
+            if words.len() > 50 {
+                return Err(ValidationError::new(name, "at most 50 words"));
+            }
+            for (i, w) in words.iter().enumerate() {
+                if crate::keywords::normalize(w).is_empty() || w.chars().count() > 64 {
+                    return Err(ValidationError::new(
+                        format!("{name}[{i}]"),
+                        "must be 1 to 64 characters with at least one letter or digit",
+                    ));
+                }
+            }
+        }
+        for (name, text) in [
+            ("stop_reply", &self.stop_reply),
+            ("start_reply", &self.start_reply),
+            ("consent_text", &self.consent_text),
+        ] {
+            if text.trim().is_empty() || text.chars().count() > 2000 {
+                return Err(ValidationError::new(name, "must be 1 to 2000 characters"));
+            }
+        }
+        let welcome = match self.welcome {
+            Some(m) => Some(m.validated().map_err(|e| e.under("welcome"))?),
+            None => None,
+        };
+        let auto_reply = match self.auto_reply {
+            Some(m) => Some(m.validated().map_err(|e| e.under("auto_reply"))?),
+            None => None,
+        };
+        Ok(ChannelSettings {
+            welcome,
+            auto_reply,
+            ..self
+        })
+    }
+}

@@ -93,6 +93,15 @@ impl SecretKey {
         }
     }
 
+    /// A subkey for another purpose (`SHA-256(purpose ‖ key)`), so one configured
+    /// secret can key MACs without those ever touching the encryption key itself.
+    pub fn derive(&self, purpose: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(purpose);
+        h.update(self.key);
+        h.finalize().into()
+    }
+
     /// Decrypts what [`SecretKey::seal`] produced.
     pub fn open(&self, sealed: &Sealed) -> Result<Vec<u8>, CryptoError> {
         if sealed.key_id != self.id {

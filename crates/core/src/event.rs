@@ -31,6 +31,22 @@ pub enum EventKind {
     DataExported,
     /// The contact's personal data was erased.
     Erased,
+    /// A message (text, media, shared contact) arrived from the contact.
+    MessageReceived,
+    /// The contact pressed a button; data carries its payload.
+    ButtonPressed,
+    /// The contact started the conversation (Telegram `/start`), with its ref.
+    ConversationStarted,
+    /// A message to the contact entered the outbox.
+    MessageQueued,
+    /// The provider accepted a message to the contact.
+    MessageSent,
+    /// The provider reported the message delivered.
+    MessageDelivered,
+    /// The provider reported the message read.
+    MessageRead,
+    /// A message could not be sent; data carries the reason.
+    MessageFailed,
     /// A custom event posted through the API.
     Custom,
 }
@@ -51,6 +67,14 @@ impl EventKind {
             EventKind::SubscriptionChanged => "subscription_changed",
             EventKind::DataExported => "data_exported",
             EventKind::Erased => "erased",
+            EventKind::MessageReceived => "message_received",
+            EventKind::ButtonPressed => "button_pressed",
+            EventKind::ConversationStarted => "conversation_started",
+            EventKind::MessageQueued => "message_queued",
+            EventKind::MessageSent => "message_sent",
+            EventKind::MessageDelivered => "message_delivered",
+            EventKind::MessageRead => "message_read",
+            EventKind::MessageFailed => "message_failed",
             EventKind::Custom => "custom",
         }
     }
@@ -72,6 +96,14 @@ impl std::str::FromStr for EventKind {
             EventKind::SubscriptionChanged,
             EventKind::DataExported,
             EventKind::Erased,
+            EventKind::MessageReceived,
+            EventKind::ButtonPressed,
+            EventKind::ConversationStarted,
+            EventKind::MessageQueued,
+            EventKind::MessageSent,
+            EventKind::MessageDelivered,
+            EventKind::MessageRead,
+            EventKind::MessageFailed,
             EventKind::Custom,
         ];
         all.into_iter()

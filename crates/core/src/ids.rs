@@ -42,4 +42,8 @@ id_type! {
     FieldId,
     /// Identifies an event in a contact's log.
     EventId,
+    /// Identifies a stored inbound provider event.
+    InboundId,
+    /// Identifies an outgoing message in the outbox.
+    OutboxId,
 }

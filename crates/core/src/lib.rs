@@ -13,6 +13,8 @@ pub mod event;
 pub mod field;
 pub mod filter;
 pub mod ids;
+pub mod keywords;
+pub mod message;
 pub mod password;
 pub mod role;
 pub mod subscription;

@@ -51,8 +51,9 @@ impl Role {
                 ContactsErase,
                 SchemaWrite,
                 ChannelsRead,
+                MessagesSend,
             ],
-            Role::Operator => &[ContactsRead, ContactsWrite, ChannelsRead],
+            Role::Operator => &[ContactsRead, ContactsWrite, ChannelsRead, MessagesSend],
             Role::Analyst => &[ContactsRead, ChannelsRead],
         }
     }
@@ -109,6 +110,9 @@ pub enum Scope {
     /// Connect, change and remove channels.
     #[serde(rename = "channels:write")]
     ChannelsWrite,
+    /// Send messages to contacts (consent rules still apply).
+    #[serde(rename = "messages:send")]
+    MessagesSend,
     /// Manage API keys and users.
     #[serde(rename = "admin")]
     Admin,
@@ -116,13 +120,14 @@ pub enum Scope {
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 8] = [
         Scope::ContactsRead,
         Scope::ContactsWrite,
         Scope::ContactsErase,
         Scope::SchemaWrite,
         Scope::ChannelsRead,
         Scope::ChannelsWrite,
+        Scope::MessagesSend,
         Scope::Admin,
     ];
 
@@ -135,6 +140,7 @@ impl Scope {
             Scope::SchemaWrite => "schema:write",
             Scope::ChannelsRead => "channels:read",
             Scope::ChannelsWrite => "channels:write",
+            Scope::MessagesSend => "messages:send",
             Scope::Admin => "admin",
         }
     }

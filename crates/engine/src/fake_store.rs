@@ -13,7 +13,7 @@ use voronka_core::*;
 use voronka_store::*;
 
 fn ni<T>() -> Result<T> {
-    Err(StoreError::Database("not implemented".into()))
+    Err(StoreError::Database("not supported by the fake".into()))
 }
 
 /// Phone that makes the fake refuse a row, as a real store refuses e.g. an unknown channel.
@@ -271,6 +271,89 @@ impl IdempotencyStore for FakeStore {
         ni()
     }
     async fn idempotency_purge(&self, _: Timestamp) -> Result<u64> {
+        ni()
+    }
+}
+/// The messaging pipeline is not used by the engine's current jobs.
+#[async_trait]
+impl MessagingStore for FakeStore {
+    async fn find_channel(&self, _: ChannelId) -> Result<Channel> {
+        ni()
+    }
+    async fn all_channels(&self) -> Result<Vec<Channel>> {
+        ni()
+    }
+    async fn record_inbound(
+        &self,
+        _: WorkspaceId,
+        _: ChannelId,
+        _: Vec<voronka_core::message::InboundEvent>,
+    ) -> Result<Vec<Option<InboundId>>> {
+        ni()
+    }
+    async fn pending_inbound(&self, _: Option<InboundId>, _: u32) -> Result<Vec<InboundRecord>> {
+        ni()
+    }
+    async fn apply_inbound(
+        &self,
+        _: WorkspaceId,
+        _: InboundId,
+        _: InboundApply,
+    ) -> Result<InboundApplied> {
+        ni()
+    }
+    async fn fail_inbound(&self, _: InboundId, _: &str, _: bool) -> Result<()> {
+        ni()
+    }
+    async fn find_identity(
+        &self,
+        _: WorkspaceId,
+        _: ChannelId,
+        _: &str,
+    ) -> Result<Option<Identity>> {
+        ni()
+    }
+    async fn enqueue_message(
+        &self,
+        _: WorkspaceId,
+        _: ContactId,
+        _: NewOutbound,
+    ) -> Result<OutboxItem> {
+        ni()
+    }
+    async fn get_outbound(&self, _: WorkspaceId, _: OutboxId) -> Result<OutboxItem> {
+        ni()
+    }
+    async fn last_outbound_with_choices(
+        &self,
+        _: WorkspaceId,
+        _: IdentityId,
+    ) -> Result<Option<OutboxItem>> {
+        ni()
+    }
+    async fn claim_outbox(
+        &self,
+        _: ChannelId,
+        _: u32,
+        _: std::time::Duration,
+    ) -> Result<Vec<OutboxItem>> {
+        ni()
+    }
+    async fn due_channels(&self) -> Result<Vec<(ChannelId, Timestamp)>> {
+        ni()
+    }
+    async fn complete_outbox(&self, _: Vec<OutboxResult>) -> Result<()> {
+        ni()
+    }
+    async fn conversation(
+        &self,
+        _: WorkspaceId,
+        _: IdentityId,
+        _: u32,
+    ) -> Result<Vec<ConversationItem>> {
+        ni()
+    }
+    async fn outbox_counts(&self, _: Option<ChannelId>) -> Result<Vec<(OutboxState, u64)>> {
         ni()
     }
 }

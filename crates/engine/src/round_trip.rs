@@ -55,6 +55,7 @@ async fn setup(store: &DynStore) -> WorkspaceId {
                 kind: ChannelKind::Telegram,
                 name: "Bot".into(),
                 credentials: SecretKey::generate().seal(b"{}"),
+                settings: Default::default(),
             },
         )
         .await

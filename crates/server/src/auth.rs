@@ -112,6 +112,8 @@ pub mod scope {
         ChannelsRead => ChannelsRead,
         /// `channels:write`.
         ChannelsWrite => ChannelsWrite,
+        /// `messages:send`.
+        MessagesSend => MessagesSend,
         /// `admin`.
         Admin => Admin,
     }

@@ -8,10 +8,12 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod health;
+pub mod hooks;
 pub mod idempotency;
 pub mod json;
 pub mod metrics;
 pub mod openapi;
+pub mod webchat;
 
 use axum::http::{HeaderName, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +26,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 use voronka_core::crypto::SecretKey;
 use voronka_core::ApiKeyId;
+use voronka_engine::messaging::{Messaging, MessagingConfig};
 use voronka_store::DynStore;
 
 pub use auth::Auth;
@@ -45,6 +48,7 @@ const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 pub struct AppState {
     store: DynStore,
     secret: SecretKey,
+    messaging: Arc<Messaging>,
     touched: Arc<Mutex<HashMap<ApiKeyId, Instant>>>,
     metrics: ::metrics_exporter_prometheus::PrometheusHandle,
 }
@@ -59,11 +63,20 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// Builds the state; installs the process-wide metrics recorder on first use.
+    /// Builds the state with a messaging runtime of default settings that runs nothing in
+    /// the background (tests of the REST API); installs the process-wide metrics
+    /// recorder on first use.
     pub fn new(store: DynStore, secret: SecretKey) -> Self {
+        let messaging = Messaging::new(store.clone(), secret.clone(), MessagingConfig::default());
+        Self::with_messaging(messaging)
+    }
+
+    /// Builds the state around a messaging runtime (started by the caller).
+    pub fn with_messaging(messaging: Arc<Messaging>) -> Self {
         Self {
-            store,
-            secret,
+            store: messaging.store().clone(),
+            secret: messaging.secret_key().clone(),
+            messaging,
             touched: Arc::new(Mutex::new(HashMap::new())),
             metrics: metrics::handle(),
         }
@@ -72,6 +85,11 @@ impl AppState {
     /// The store.
     pub fn store(&self) -> &DynStore {
         &self.store
+    }
+
+    /// The messaging runtime.
+    pub fn messaging(&self) -> &Arc<Messaging> {
+        &self.messaging
     }
 
     /// The key that seals channel credentials.
@@ -109,11 +127,15 @@ pub fn router(state: AppState) -> axum::Router {
     let (routes, _) = openapi::all_routes().split_for_parts();
     let request_id = HeaderName::from_static("x-request-id");
     routes
-        .fallback(unknown_route)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             idempotency::middleware,
         ))
+        // Provider webhooks and the web chat authenticate their own way (signatures,
+        // visitor tokens) and are not part of the API document.
+        .merge(hooks::routes())
+        .merge(webchat::routes())
+        .fallback(unknown_route)
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(axum::middleware::from_fn(error::normalize_errors))
         .layer(CatchPanicLayer::custom(panic_response))

@@ -32,6 +32,7 @@ pub const BEARER: &str = "bearer";
         (name = "tags", description = "Labels on contacts"),
         (name = "fields", description = "Custom field definitions"),
         (name = "contacts", description = "People, their identities, consent and timeline"),
+        (name = "messages", description = "Messages to contacts and their conversations"),
         (name = "api-keys", description = "API keys of the workspace"),
         (name = "meta", description = "This document"),
         (name = "health", description = "Probes and metrics"),

@@ -211,7 +211,7 @@ impl Harness {
             .post(
                 "/api/v1/channels",
                 token,
-                json!({"kind": "telegram", "name": name, "credentials": {"token": "123:abc"}}),
+                json!({"kind": "webchat", "name": name}),
             )
             .await;
         assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
@@ -1233,7 +1233,7 @@ async fn channels_keep_credentials_secret(h: Harness) {
         .post(
             "/api/v1/channels",
             &k,
-            json!({"kind": "telegram", "name": " Shop bot ", "credentials": {"token": secret}}),
+            json!({"kind": "webchat", "name": " Shop bot ", "credentials": {"token": secret}}),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
@@ -1635,6 +1635,9 @@ async fn openapi_document_is_valid_and_covers_every_route() {
         "GET /api/v1/contacts/{id}/events",
         "GET /api/v1/contacts/{id}/export",
         "POST /api/v1/contacts/{id}/erase",
+        "POST /api/v1/contacts/{id}/messages",
+        "GET /api/v1/contacts/{id}/conversation",
+        "GET /api/v1/outbox/{id}",
         "GET /api/v1/api-keys",
         "POST /api/v1/api-keys",
         "DELETE /api/v1/api-keys/{id}",

@@ -42,6 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     key_id: "k".into(),
                     data: vec![0; 32],
                 },
+                settings: Default::default(),
             },
         )
         .await?

@@ -46,6 +46,7 @@ async fn main() -> Result<()> {
                     key_id: "k".into(),
                     data: vec![0; 40],
                 },
+                settings: Default::default(),
             },
         )
         .await?

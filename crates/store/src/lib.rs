@@ -7,6 +7,7 @@
 //! Changes to a contact append to its event log in the same transaction.
 
 pub mod error;
+pub mod messaging;
 pub mod model;
 pub mod postgres;
 pub mod sqlite;
@@ -24,6 +25,7 @@ use voronka_core::subscription::SubscriptionChange;
 use voronka_core::*;
 
 pub use error::{Result, StoreError};
+pub use messaging::*;
 pub use model::*;
 
 /// Workspaces.
@@ -193,9 +195,10 @@ pub trait ContactStore {
     /// Everything stored about a contact.
     async fn export_contact(&self, ws: WorkspaceId, id: ContactId) -> Result<ContactExport>;
     /// Erases a contact's personal data: profile, identities, field values, tags,
-    /// consent proof, event details and saved API answers about them. Keeps an anonymous
-    /// contact row, the kinds and times of its events and its consent states, so counts
-    /// stay right. Idempotent.
+    /// consent proof, event details, saved API answers about them, and their conversation
+    /// (stored inbound events and outgoing messages are emptied; unsent ones fail with
+    /// `contact erased`). Keeps an anonymous contact row, the kinds and times of its
+    /// events, its consent states and its outbox rows, so counts stay right. Idempotent.
     async fn erase_contact(&self, ws: WorkspaceId, id: ContactId) -> Result<()>;
     /// Upserts a batch of import rows (matching by identity, then phone, then e-mail).
     /// Each row succeeds or fails on its own; re-importing the same rows changes nothing.
@@ -231,6 +234,106 @@ pub trait IdempotencyStore {
     async fn idempotency_purge(&self, before: Timestamp) -> Result<u64>;
 }
 
+/// The messaging pipeline: inbound provider events stored before they are acknowledged
+/// and processed from the store; the outbox every outgoing message passes through.
+#[async_trait]
+pub trait MessagingStore {
+    /// Reads a channel by id alone, whatever its workspace: a webhook names only the
+    /// channel. NotFound when absent.
+    async fn find_channel(&self, id: ChannelId) -> Result<Channel>;
+    /// Every channel of every workspace, by id (the server starts their adapters).
+    async fn all_channels(&self) -> Result<Vec<Channel>>;
+    /// Stores inbound events of one channel in one transaction. An event whose
+    /// `provider_event_id` is already stored for the channel is a provider retry: it is
+    /// not stored again and its slot in the answer is `None`. NotFound `channel` when the
+    /// channel is not the workspace's.
+    async fn record_inbound(
+        &self,
+        ws: WorkspaceId,
+        channel: ChannelId,
+        events: Vec<voronka_core::message::InboundEvent>,
+    ) -> Result<Vec<Option<InboundId>>>;
+    /// Pending inbound events with id greater than `after`, oldest first (at most
+    /// `limit`, itself capped to 1–10 000).
+    async fn pending_inbound(
+        &self,
+        after: Option<InboundId>,
+        limit: u32,
+    ) -> Result<Vec<InboundRecord>>;
+    /// Processes one inbound event in one transaction: finds or creates the contact and
+    /// identity, changes the subscription, appends events, queues replies, and marks the
+    /// event done. An event no longer pending is left alone (`already_done`, with the
+    /// contact and identity recorded when it was processed, or 0 for one that failed).
+    /// NotFound `inbound_event` when the event is not the workspace's; Invalid when the
+    /// sender's external id is.
+    async fn apply_inbound(
+        &self,
+        ws: WorkspaceId,
+        id: InboundId,
+        apply: InboundApply,
+    ) -> Result<InboundApplied>;
+    /// Records a processing failure: `retry` keeps the event pending (attempts + 1),
+    /// otherwise it is marked failed with the error. An event no longer pending is left
+    /// alone; NotFound `inbound_event` when there is no such event.
+    async fn fail_inbound(&self, id: InboundId, error: &str, retry: bool) -> Result<()>;
+    /// The identity with this provider id on a channel of the workspace.
+    async fn find_identity(
+        &self,
+        ws: WorkspaceId,
+        channel: ChannelId,
+        external_id: &str,
+    ) -> Result<Option<Identity>>;
+    /// Queues a message to a contact, enforcing consent in the same transaction:
+    /// Conflict `no_identity_on_channel` if the contact has no identity on the channel,
+    /// `blocked` if they blocked it, `not_subscribed` if the purpose needs an opt-in they
+    /// have not given (marketing and transactional both need `subscribed`), and
+    /// `contact_erased` for an erased contact. Records `message_queued`. NotFound
+    /// `contact` or `channel` when either is not the workspace's.
+    async fn enqueue_message(
+        &self,
+        ws: WorkspaceId,
+        contact: ContactId,
+        new: NewOutbound,
+    ) -> Result<OutboxItem>;
+    /// Reads one outgoing message; NotFound `message`.
+    async fn get_outbound(&self, ws: WorkspaceId, id: OutboxId) -> Result<OutboxItem>;
+    /// The newest message to an identity that carries payload buttons (to map a typed
+    /// "2" or a reply-keyboard label back to its payload).
+    async fn last_outbound_with_choices(
+        &self,
+        ws: WorkspaceId,
+        identity: IdentityId,
+    ) -> Result<Option<OutboxItem>>;
+    /// Claims up to `limit` due messages of one channel, oldest `run_at` first: queued
+    /// ones whose time has come and `sending` ones whose lease expired (a worker died).
+    /// Claimed rows become `sending` until now + `lease`, attempts + 1. On PostgreSQL
+    /// with `FOR UPDATE SKIP LOCKED`.
+    async fn claim_outbox(
+        &self,
+        channel: ChannelId,
+        limit: u32,
+        lease: std::time::Duration,
+    ) -> Result<Vec<OutboxItem>>;
+    /// Channels that have queued (or lease-expired) messages, with the earliest time one
+    /// of them is due.
+    async fn due_channels(&self) -> Result<Vec<(ChannelId, Timestamp)>>;
+    /// Records the outcomes of send attempts in one transaction (see [`SendOutcome`]).
+    /// Results for rows that are not `sending` any more are ignored.
+    async fn complete_outbox(&self, results: Vec<OutboxResult>) -> Result<()>;
+    /// The latest `limit` items of the conversation with one identity, oldest first:
+    /// processed inbound messages, presses and starts, and outgoing messages. NotFound
+    /// `identity` when the identity is not the workspace's.
+    async fn conversation(
+        &self,
+        ws: WorkspaceId,
+        identity: IdentityId,
+        limit: u32,
+    ) -> Result<Vec<ConversationItem>>;
+    /// Outbox rows by state (for one channel or all): `(state, count)` for every state,
+    /// zeros included, in the order queued, sending, sent, failed.
+    async fn outbox_counts(&self, channel: Option<ChannelId>) -> Result<Vec<(OutboxState, u64)>>;
+}
+
 /// Running the database itself.
 #[async_trait]
 pub trait AdminStore {
@@ -254,6 +357,7 @@ pub trait Store:
     + SchemaStore
     + ContactStore
     + IdempotencyStore
+    + MessagingStore
     + AdminStore
     + Send
     + Sync
@@ -268,6 +372,7 @@ impl<T> Store for T where
         + SchemaStore
         + ContactStore
         + IdempotencyStore
+        + MessagingStore
         + AdminStore
         + Send
         + Sync

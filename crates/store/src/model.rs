@@ -123,6 +123,8 @@ pub struct NewApiKey {
 pub struct Channel {
     /// Id.
     pub id: ChannelId,
+    /// Owning workspace.
+    pub workspace_id: WorkspaceId,
     /// Provider.
     pub kind: ChannelKind,
     /// Display name.
@@ -133,6 +135,10 @@ pub struct Channel {
     #[serde(skip)]
     #[schema(ignore)]
     pub credentials: Sealed,
+    /// STOP/START words, welcome, auto-reply, consent text.
+    pub settings: voronka_core::channel::ChannelSettings,
+    /// The adapter's state: mode, account name, last error.
+    pub runtime: crate::messaging::ChannelRuntime,
     /// Creation time.
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
@@ -150,6 +156,8 @@ pub struct NewChannel {
     pub name: String,
     /// Encrypted credentials.
     pub credentials: Sealed,
+    /// Behaviour settings.
+    pub settings: voronka_core::channel::ChannelSettings,
 }
 
 /// Changes to a channel; `None` leaves an attribute alone.
@@ -161,6 +169,10 @@ pub struct ChannelPatch {
     pub status: Option<ChannelStatus>,
     /// New encrypted credentials.
     pub credentials: Option<Sealed>,
+    /// New behaviour settings (replace the old ones entirely).
+    pub settings: Option<voronka_core::channel::ChannelSettings>,
+    /// New adapter state (replaces the old one entirely).
+    pub runtime: Option<crate::messaging::ChannelRuntime>,
 }
 
 /// A tag with the number of contacts carrying it.

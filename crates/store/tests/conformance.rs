@@ -7,12 +7,13 @@
 
 use jiff::Timestamp;
 use serde_json::json;
-use voronka_core::channel::{ChannelKind, ChannelStatus};
+use voronka_core::channel::{ChannelKind, ChannelSettings, ChannelStatus};
 use voronka_core::contact::Profile;
 use voronka_core::crypto::Sealed;
 use voronka_core::event::EventKind;
 use voronka_core::field::{FieldDefinition, FieldSpec, FieldType, FieldValue};
 use voronka_core::filter::{ContactFilter, FieldCondition, FieldOp, Operand};
+use voronka_core::message::{Button, InboundEvent, InboundKind, OutboundMessage, Purpose, Sender};
 use voronka_core::role::{Role, Scope};
 use voronka_core::subscription::{ConsentProof, SubscriptionChange, SubscriptionState};
 use voronka_core::*;
@@ -62,6 +63,16 @@ cases!(
     case_import_creates_and_reimport_is_unchanged,
     case_import_matching,
     case_import_duplicates_and_failures,
+    case_channel_settings_and_lookup,
+    case_record_inbound_dedup,
+    case_apply_inbound_creates_contact_once,
+    case_apply_inbound_skips_replies_without_consent,
+    case_enqueue_enforces_consent,
+    case_claim_outbox_and_leases,
+    case_complete_outbox,
+    case_conversation_order,
+    case_messaging_isolation,
+    case_messaging_erasure,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -114,6 +125,7 @@ async fn channel(s: &DynStore, ws: WorkspaceId, name: &str) -> ChannelId {
                 key_id: "k1".into(),
                 data: vec![1, 2, 3, 4],
             },
+            settings: ChannelSettings::default(),
         },
     )
     .await
@@ -411,6 +423,7 @@ async fn case_channels(s: &DynStore) {
                     key_id: "k1".into(),
                     data: vec![9, 8, 7],
                 },
+                settings: ChannelSettings::default(),
             },
         )
         .await
@@ -425,7 +438,7 @@ async fn case_channels(s: &DynStore) {
             ChannelPatch {
                 name: Some("Renamed".into()),
                 status: Some(ChannelStatus::Disabled),
-                credentials: None,
+                ..ChannelPatch::default()
             },
         )
         .await
@@ -2375,4 +2388,1341 @@ async fn case_import_duplicates_and_failures(s: &DynStore) {
         .expect("the deleted contact's identity is free");
     assert_eq!(again.identities.len(), 1);
     assert_not_found(s.get_contact(b, again.id).await, "contact");
+}
+
+// ---------------------------------------------------------------- messaging
+
+fn sender(external_id: &str, first: &str) -> Sender {
+    Sender {
+        external_id: external_id.into(),
+        first_name: Some(first.into()),
+        ..Sender::default()
+    }
+}
+
+fn text_event(pid: &str, from: &Sender, text: &str) -> InboundEvent {
+    InboundEvent {
+        provider_event_id: pid.into(),
+        sender: from.clone(),
+        at: 1_700_000_000,
+        kind: InboundKind::Text {
+            message_id: format!("m-{pid}"),
+            text: text.into(),
+        },
+    }
+}
+
+/// Stores one event; panics on a duplicate.
+async fn receive(s: &DynStore, ws: WorkspaceId, ch: ChannelId, e: InboundEvent) -> InboundId {
+    let got = s.record_inbound(ws, ch, vec![e]).await.expect("record");
+    assert_eq!(got.len(), 1);
+    got[0].expect("a new event")
+}
+
+fn reply(purpose: Purpose, text: &str, source: &str) -> NewReply {
+    NewReply {
+        purpose,
+        message: OutboundMessage::text(text),
+        source: source.into(),
+    }
+}
+
+fn outbound(ch: ChannelId, purpose: Purpose, text: &str) -> NewOutbound {
+    NewOutbound {
+        channel_id: ch,
+        purpose,
+        message: OutboundMessage::text(text),
+        source: "api".into(),
+        run_at: None,
+    }
+}
+
+fn with_buttons(text: &str) -> OutboundMessage {
+    OutboundMessage {
+        text: Some(text.into()),
+        buttons: vec![
+            Button::Reply {
+                label: "Yes".into(),
+                payload: None,
+            },
+            Button::Url {
+                label: "Site".into(),
+                url: "https://example.com".into(),
+            },
+        ],
+        ..OutboundMessage::default()
+    }
+}
+
+/// A contact with one identity on `ch` in the given consent state.
+async fn recipient(
+    s: &DynStore,
+    ws: WorkspaceId,
+    ch: ChannelId,
+    external_id: &str,
+    change: Option<SubscriptionChange>,
+) -> Contact {
+    contact(
+        s,
+        ws,
+        NewContact {
+            profile: named("Recipient"),
+            identities: vec![NewIdentity {
+                channel_id: ch,
+                external_id: external_id.into(),
+                subscription: change,
+            }],
+            ..NewContact::default()
+        },
+    )
+    .await
+}
+
+fn blocked() -> SubscriptionChange {
+    SubscriptionChange::new(SubscriptionState::Blocked, vec![], None, Timestamp::now())
+        .expect("valid change")
+}
+
+async fn events_of(s: &DynStore, ws: WorkspaceId, id: ContactId) -> Vec<Event> {
+    s.export_contact(ws, id).await.expect("export").events
+}
+
+async fn counts(s: &DynStore, ch: Option<ChannelId>) -> Vec<(OutboxState, u64)> {
+    s.outbox_counts(ch).await.expect("counts")
+}
+
+fn state_counts(queued: u64, sending: u64, sent: u64, failed: u64) -> Vec<(OutboxState, u64)> {
+    vec![
+        (OutboxState::Queued, queued),
+        (OutboxState::Sending, sending),
+        (OutboxState::Sent, sent),
+        (OutboxState::Failed, failed),
+    ]
+}
+
+async fn case_channel_settings_and_lookup(s: &DynStore) {
+    let a = workspace(s, "A").await;
+    let b = workspace(s, "B").await;
+    let plain_ch = s
+        .get_channel(a, channel(s, a, "plain").await)
+        .await
+        .expect("get");
+    assert_eq!(plain_ch.settings, ChannelSettings::default());
+    assert_eq!(plain_ch.runtime, ChannelRuntime::default());
+    assert_eq!(plain_ch.workspace_id, a);
+
+    let custom = ChannelSettings {
+        stop_words: vec!["halt".into()],
+        welcome: Some(with_buttons("Welcome!")),
+        auto_reply: Some(OutboundMessage::text("We will answer soon")),
+        consent_text: "Yes, send me news".into(),
+        ..ChannelSettings::default()
+    };
+    let ch = s
+        .create_channel(
+            b,
+            NewChannel {
+                kind: ChannelKind::Telegram,
+                name: "custom".into(),
+                credentials: Sealed {
+                    key_id: "k1".into(),
+                    data: vec![5],
+                },
+                settings: custom.clone(),
+            },
+        )
+        .await
+        .expect("create");
+    assert_eq!(ch.settings, custom);
+    assert_eq!(s.get_channel(b, ch.id).await.expect("get"), ch);
+
+    let runtime = ChannelRuntime {
+        mode: "webhook".into(),
+        account_name: Some("shop_bot".into()),
+        account_id: Some("123".into()),
+        last_error: Some("timeout".into()),
+        last_error_at: Some(proof_at()),
+    };
+    let up = s
+        .update_channel(
+            b,
+            ch.id,
+            ChannelPatch {
+                runtime: Some(runtime.clone()),
+                ..ChannelPatch::default()
+            },
+        )
+        .await
+        .expect("patch runtime");
+    assert_eq!(up.runtime, runtime);
+    assert_eq!(up.settings, custom, "settings untouched");
+    let up = s
+        .update_channel(
+            b,
+            ch.id,
+            ChannelPatch {
+                settings: Some(ChannelSettings::default()),
+                ..ChannelPatch::default()
+            },
+        )
+        .await
+        .expect("patch settings");
+    assert_eq!(up.settings, ChannelSettings::default());
+    assert_eq!(up.runtime, runtime, "runtime untouched");
+    let up = s
+        .update_channel(
+            b,
+            ch.id,
+            ChannelPatch {
+                name: Some("renamed".into()),
+                ..ChannelPatch::default()
+            },
+        )
+        .await
+        .expect("rename");
+    assert_eq!(
+        (up.settings.clone(), up.runtime.clone()),
+        (ChannelSettings::default(), runtime)
+    );
+
+    // Lookups by id alone, for webhooks and adapters.
+    assert_eq!(s.find_channel(up.id).await.expect("find"), up);
+    assert_eq!(
+        s.find_channel(plain_ch.id)
+            .await
+            .expect("find")
+            .workspace_id,
+        a
+    );
+    assert_not_found(s.find_channel(ChannelId(up.id.0 + 100)).await, "channel");
+    assert_eq!(
+        s.all_channels().await.expect("all"),
+        vec![plain_ch.clone(), up.clone()]
+    );
+    // The workspace-scoped reads stay scoped.
+    assert_not_found(s.get_channel(a, up.id).await, "channel");
+    s.delete_channel(b, up.id).await.expect("delete");
+    assert_eq!(s.all_channels().await.expect("all"), vec![plain_ch]);
+}
+
+async fn case_record_inbound_dedup(s: &DynStore) {
+    let a = workspace(s, "A").await;
+    let b = workspace(s, "B").await;
+    let ch1 = channel(s, a, "one").await;
+    let ch2 = channel(s, a, "two").await;
+    let ivan = sender("100", "Ivan");
+    let e1 = text_event("u1", &ivan, "hi");
+    let e2 = text_event("u2", &ivan, "there");
+    let first = s
+        .record_inbound(a, ch1, vec![e1.clone(), e2.clone()])
+        .await
+        .expect("record");
+    assert!(first.iter().all(Option::is_some), "{first:?}");
+    assert!(first[0] < first[1], "ids follow the order of the events");
+    // A provider retry is not stored again, also within one batch.
+    let e3 = text_event("u3", &ivan, "again");
+    let again = s
+        .record_inbound(a, ch1, vec![e1.clone(), e3.clone(), e3.clone()])
+        .await
+        .expect("retry");
+    assert_eq!(again[0], None);
+    assert!(again[1].is_some());
+    assert_eq!(again[2], None);
+    // The same provider id on another channel is another event.
+    let other = s
+        .record_inbound(a, ch2, vec![e1.clone()])
+        .await
+        .expect("other channel");
+    assert!(other[0].is_some());
+    assert_eq!(
+        s.record_inbound(a, ch1, vec![]).await.expect("empty"),
+        vec![]
+    );
+    // A channel of another workspace is not found, whether the event is new or not.
+    assert_not_found(s.record_inbound(b, ch1, vec![e1.clone()]).await, "channel");
+    assert_not_found(
+        s.record_inbound(b, ch1, vec![text_event("new", &ivan, "x")])
+            .await,
+        "channel",
+    );
+
+    let pending = s.pending_inbound(None, 100).await.expect("pending");
+    let ids: Vec<InboundId> = pending.iter().map(|r| r.id).collect();
+    assert_eq!(
+        ids,
+        vec![
+            first[0].expect("id"),
+            first[1].expect("id"),
+            again[1].expect("id"),
+            other[0].expect("id")
+        ]
+    );
+    assert_eq!(pending[0].event, e1);
+    assert_eq!(pending[0].channel_id, ch1);
+    assert_eq!(pending[0].workspace_id, a);
+    assert_eq!(pending[0].attempts, 0);
+    assert_eq!(pending[2].event, e3);
+    assert_eq!(pending[3].channel_id, ch2);
+    let page = s.pending_inbound(Some(ids[0]), 2).await.expect("after");
+    assert_eq!(
+        page.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[1], ids[2]]
+    );
+
+    // A retryable failure keeps the event pending; a final one takes it out.
+    s.fail_inbound(ids[0], "database busy", true)
+        .await
+        .expect("retry");
+    let p = s.pending_inbound(None, 100).await.expect("pending");
+    assert_eq!(p[0].id, ids[0]);
+    assert_eq!(p[0].attempts, 1);
+    s.fail_inbound(ids[0], "bad payload", false)
+        .await
+        .expect("fail");
+    let p = s.pending_inbound(None, 100).await.expect("pending");
+    assert_eq!(p.len(), 3);
+    assert!(p.iter().all(|r| r.id != ids[0]));
+    // Failing it again (a late worker) changes nothing; an unknown id is not found.
+    s.fail_inbound(ids[0], "late", true).await.expect("late");
+    assert_eq!(
+        s.pending_inbound(None, 100).await.expect("pending").len(),
+        3
+    );
+    assert_not_found(
+        s.fail_inbound(InboundId(ids[3].0 + 1000), "x", true).await,
+        "inbound_event",
+    );
+    // A failed event is not processed any more.
+    let done = s
+        .apply_inbound(
+            a,
+            ids[0],
+            InboundApply {
+                sender: ivan.clone(),
+                ..InboundApply::default()
+            },
+        )
+        .await
+        .expect("apply failed event");
+    assert!(done.already_done);
+    assert_eq!(count(s, a, ContactFilter::default()).await, 0);
+}
+
+async fn case_apply_inbound_creates_contact_once(s: &DynStore) {
+    let a = workspace(s, "A").await;
+    let ch = channel(s, a, "bot").await;
+    let from = Sender {
+        external_id: " 555 ".into(),
+        first_name: Some("Ivan".into()),
+        last_name: Some(" Petrov ".into()),
+        username: Some("@ivan_p".into()),
+        language: Some("not a language!".into()),
+    };
+    let start = InboundEvent {
+        provider_event_id: "1".into(),
+        sender: from.clone(),
+        at: 1_700_000_000,
+        kind: InboundKind::Start {
+            message_id: "m1".into(),
+            text: "/start spring".into(),
+            reference: Some("spring".into()),
+        },
+    };
+    let id = receive(s, a, ch, start).await;
+    let apply = InboundApply {
+        sender: from.clone(),
+        source: Some("ref:spring".into()),
+        subscription: Some(subscribed("telegram_start", &[])),
+        events: vec![(
+            EventKind::ConversationStarted,
+            json!({"reference": "spring"}),
+        )],
+        replies: vec![
+            reply(Purpose::Response, "Welcome!", "welcome"),
+            reply(Purpose::Marketing, "Our offers", "flow:onboarding"),
+        ],
+    };
+    let got = s.apply_inbound(a, id, apply.clone()).await.expect("apply");
+    assert!(got.contact_created && got.subscription_changed && !got.already_done);
+    assert_eq!(got.queued.len(), 2, "subscribed now: marketing may go too");
+
+    let c = s.get_contact(a, got.contact_id).await.expect("contact");
+    assert_eq!(
+        c.profile,
+        Profile {
+            first_name: Some("Ivan".into()),
+            last_name: Some("Petrov".into()),
+            username: Some("ivan_p".into()),
+            language: None,
+            ..Profile::default()
+        },
+        "trimmed and normalised; the invalid language dropped"
+    );
+    assert_eq!(c.source.as_deref(), Some("ref:spring"));
+    assert!(c.last_activity_at.is_some());
+    assert_eq!(c.identities.len(), 1);
+    let ident = &c.identities[0];
+    assert_eq!(ident.id, got.identity_id);
+    assert_eq!(ident.external_id, "555");
+    assert_eq!(ident.channel_id, ch);
+    assert_eq!(ident.subscription.state, SubscriptionState::Subscribed);
+    assert_eq!(
+        ident.subscription.proof.as_ref().map(|p| p.source.as_str()),
+        Some("telegram_start")
+    );
+    let history = s.subscription_history(a, c.id).await.expect("history");
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].state, SubscriptionState::Subscribed);
+    assert!(history[0].proof.is_some());
+    let events = events_of(s, a, c.id).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "contact_created",
+            "identity_added",
+            "subscription_changed",
+            "conversation_started",
+            "message_queued",
+            "message_queued"
+        ]
+    );
+    assert_eq!(events[0].data["source"], json!("ref:spring"));
+    assert_eq!(events[0].data["channel_id"], json!(ch.0));
+    assert_eq!(events[3].data, json!({"reference": "spring"}));
+    assert_eq!(
+        events[4].data,
+        json!({"outbox_id": got.queued[0].0, "channel_id": ch.0, "source": "welcome", "purpose": "response"})
+    );
+    let welcome = s.get_outbound(a, got.queued[0]).await.expect("welcome");
+    assert_eq!(welcome.state, OutboxState::Queued);
+    assert_eq!(welcome.message, OutboundMessage::text("Welcome!"));
+    assert_eq!(
+        (welcome.contact_id, welcome.identity_id, welcome.channel_id),
+        (c.id, ident.id, ch)
+    );
+    assert_eq!(welcome.external_id, "555");
+    assert_eq!(welcome.purpose, Purpose::Response);
+    assert_eq!(welcome.run_at, welcome.created_at);
+    assert!(s
+        .pending_inbound(None, 10)
+        .await
+        .expect("pending")
+        .is_empty());
+
+    // Processing the same event again writes nothing.
+    let again = s.apply_inbound(a, id, apply).await.expect("again");
+    assert!(again.already_done);
+    assert_eq!(
+        (again.contact_id, again.identity_id),
+        (got.contact_id, got.identity_id)
+    );
+    assert!(again.queued.is_empty() && !again.contact_created && !again.subscription_changed);
+    assert_eq!(events_of(s, a, c.id).await.len(), events.len());
+    assert_eq!(count(s, a, ContactFilter::default()).await, 1);
+    assert_eq!(counts(s, Some(ch)).await, state_counts(2, 0, 0, 0));
+
+    // The next message of the same person finds them; an unchanged subscription is not
+    // recorded again.
+    let id2 = receive(s, a, ch, text_event("2", &from, "hello")).await;
+    let got2 = s
+        .apply_inbound(
+            a,
+            id2,
+            InboundApply {
+                sender: from.clone(),
+                source: Some("ignored".into()),
+                subscription: Some(subscribed("telegram_start", &[])),
+                events: vec![(EventKind::MessageReceived, json!({"text": "hello"}))],
+                replies: vec![reply(Purpose::Response, "Thanks", "auto_reply")],
+            },
+        )
+        .await
+        .expect("apply 2");
+    assert!(!got2.contact_created && !got2.subscription_changed);
+    assert_eq!(
+        (got2.contact_id, got2.identity_id),
+        (got.contact_id, got.identity_id)
+    );
+    assert_eq!(got2.queued.len(), 1);
+    assert_eq!(
+        s.find_identity(a, ch, "555").await.expect("find"),
+        Some(s.get_contact(a, c.id).await.expect("c").identities[0].clone())
+    );
+    assert_eq!(s.find_identity(a, ch, "556").await.expect("find"), None);
+    assert_eq!(
+        s.subscription_history(a, c.id)
+            .await
+            .expect("history")
+            .len(),
+        1
+    );
+    let c2 = s.get_contact(a, c.id).await.expect("contact");
+    assert_eq!(c2.source.as_deref(), Some("ref:spring"), "first touch kept");
+    let tail: Vec<String> = events_of(s, a, c.id)
+        .await
+        .into_iter()
+        .skip(events.len())
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(tail, vec!["message_received", "message_queued"]);
+    // A topic change is a change.
+    let id3 = receive(s, a, ch, text_event("3", &from, "news only")).await;
+    let got3 = s
+        .apply_inbound(
+            a,
+            id3,
+            InboundApply {
+                sender: from.clone(),
+                subscription: Some(subscribed("keyword", &["news"])),
+                ..InboundApply::default()
+            },
+        )
+        .await
+        .expect("apply 3");
+    assert!(got3.subscription_changed);
+    assert_eq!(
+        s.subscription_history(a, c.id)
+            .await
+            .expect("history")
+            .len(),
+        2
+    );
+    // An unknown event id, or one of another workspace, is not found.
+    let b = workspace(s, "B").await;
+    assert_not_found(
+        s.apply_inbound(b, id3, InboundApply::default()).await,
+        "inbound_event",
+    );
+}
+
+async fn case_apply_inbound_skips_replies_without_consent(s: &DynStore) {
+    let a = workspace(s, "A").await;
+    let ch = channel(s, a, "bot").await;
+    let from = sender("777", "Anna");
+    let id = receive(s, a, ch, text_event("1", &from, "hi")).await;
+    let got = s
+        .apply_inbound(
+            a,
+            id,
+            InboundApply {
+                sender: from.clone(),
+                replies: vec![
+                    reply(Purpose::Marketing, "promo", "flow:x"),
+                    reply(Purpose::Transactional, "order", "flow:x"),
+                    reply(Purpose::Response, "ok", "auto_reply"),
+                ],
+                ..InboundApply::default()
+            },
+        )
+        .await
+        .expect("apply");
+    assert!(got.contact_created && !got.subscription_changed);
+    assert_eq!(got.queued.len(), 1, "only the response: no opt-in yet");
+    let only = s.get_outbound(a, got.queued[0]).await.expect("queued");
+    assert_eq!(only.purpose, Purpose::Response);
+    let c = s.get_contact(a, got.contact_id).await.expect("contact");
+    assert_eq!(
+        c.identities[0].subscription.state,
+        SubscriptionState::Unsubscribed
+    );
+    assert!(
+        s.subscription_history(a, c.id)
+            .await
+            .expect("history")
+            .is_empty(),
+        "a new identity starts unsubscribed without a history entry"
+    );
+
+    // Blocking in the same event: even the response is skipped.
+    let id2 = receive(
+        s,
+        a,
+        ch,
+        InboundEvent {
+            provider_event_id: "2".into(),
+            sender: from.clone(),
+            at: 1_700_000_001,
+            kind: InboundKind::Blocked,
+        },
+    )
+    .await;
+    let got2 = s
+        .apply_inbound(
+            a,
+            id2,
+            InboundApply {
+                sender: from.clone(),
+                subscription: Some(blocked()),
+                replies: vec![reply(Purpose::Response, "bye", "stop_reply")],
+                ..InboundApply::default()
+            },
+        )
+        .await
+        .expect("apply blocked");
+    assert!(got2.subscription_changed);
+    assert!(got2.queued.is_empty());
+    let c = s.get_contact(a, c.id).await.expect("contact");
+    assert_eq!(
+        c.identities[0].subscription.state,
+        SubscriptionState::Blocked
+    );
+    assert_eq!(counts(s, Some(ch)).await, state_counts(1, 0, 0, 0));
+}
+
+async fn case_enqueue_enforces_consent(s: &DynStore) {
+    let a = workspace(s, "A").await;
+    let b = workspace(s, "B").await;
+    let ch = channel(s, a, "bot").await;
+    let other_ch = channel(s, a, "other").await;
+    let b_ch = channel(s, b, "b-bot").await;
+
+    let nobody = plain(s, a, "No identity").await;
+    assert_conflict(
+        s.enqueue_message(a, nobody, outbound(ch, Purpose::Response, "x"))
+            .await,
+        "no_identity_on_channel",
+        Some("channel_id"),
+    );
+    let unsub = recipient(s, a, ch, "u1", None).await;
+    assert_conflict(
+        s.enqueue_message(a, unsub.id, outbound(other_ch, Purpose::Response, "x"))
+            .await,
+        "no_identity_on_channel",
+        Some("channel_id"),
+    );
+    for purpose in [Purpose::Marketing, Purpose::Transactional] {
+        match s
+            .enqueue_message(a, unsub.id, outbound(ch, purpose, "x"))
+            .await
+        {
+            Err(StoreError::Conflict {
+                code: "not_subscribed",
+                message,
+                ..
+            }) => assert!(message.contains("opted in"), "{message}"),
+            other => panic!("{purpose:?} without opt-in: {other:?}"),
+        }
+    }
+    let answer = s
+        .enqueue_message(a, unsub.id, outbound(ch, Purpose::Response, "answer"))
+        .await
+        .expect("a response needs no opt-in");
+    assert_eq!(answer.purpose, Purpose::Response);
+
+    let blocker = recipient(s, a, ch, "u2", Some(blocked())).await;
+    for purpose in [
+        Purpose::Response,
+        Purpose::Marketing,
+        Purpose::Transactional,
+    ] {
+        assert_conflict(
+            s.enqueue_message(a, blocker.id, outbound(ch, purpose, "x"))
+                .await,
+            "blocked",
+            None,
+        );
+    }
+
+    let fan = recipient(s, a, ch, "u3", Some(subscribed("landing", &[]))).await;
+    let before = events_of(s, a, fan.id).await.len();
+    let later = Timestamp::now() + jiff::SignedDuration::from_hours(1);
+    let item = s
+        .enqueue_message(
+            a,
+            fan.id,
+            NewOutbound {
+                channel_id: ch,
+                purpose: Purpose::Marketing,
+                message: with_buttons("Pick one"),
+                source: "broadcast:7".into(),
+                run_at: Some(later),
+            },
+        )
+        .await
+        .expect("enqueue");
+    assert_eq!(item.state, OutboxState::Queued);
+    assert_eq!(item.attempts, 0);
+    assert_eq!(item.parts_sent, 0);
+    assert!(item.provider_message_ids.is_empty() && item.error.is_none() && item.sent_at.is_none());
+    assert_eq!(item.contact_id, fan.id);
+    assert_eq!(item.identity_id, fan.identities[0].id);
+    assert_eq!(item.external_id, "u3");
+    assert_eq!(item.source, "broadcast:7");
+    assert_eq!(item.message, with_buttons("Pick one"));
+    assert_eq!(item.run_at.as_microsecond(), later.as_microsecond());
+    assert_eq!(s.get_outbound(a, item.id).await.expect("get"), item);
+    let events = events_of(s, a, fan.id).await;
+    assert_eq!(events.len(), before + 1);
+    let last = events.last().expect("event");
+    assert_eq!(last.kind, "message_queued");
+    assert_eq!(
+        last.data,
+        json!({"outbox_id": item.id.0, "channel_id": ch.0, "source": "broadcast:7", "purpose": "marketing"})
+    );
+    // Buttons with payloads make it the message a typed "1" answers.
+    assert_eq!(
+        s.last_outbound_with_choices(a, fan.identities[0].id)
+            .await
+            .expect("choices"),
+        Some(item.clone())
+    );
+    let plain_msg = s
+        .enqueue_message(
+            a,
+            fan.id,
+            outbound(ch, Purpose::Transactional, "no buttons"),
+        )
+        .await
+        .expect("transactional");
+    assert_eq!(
+        s.last_outbound_with_choices(a, fan.identities[0].id)
+            .await
+            .expect("choices")
+            .map(|i| i.id),
+        Some(item.id),
+        "a message without buttons does not hide the last one with them"
+    );
+    assert_ne!(plain_msg.id, item.id);
+    assert_eq!(
+        s.last_outbound_with_choices(a, unsub.identities[0].id)
+            .await
+            .expect("none"),
+        None
+    );
+
+    // Several identities on the channel: the subscribed one is used.
+    let both = contact(
+        s,
+        a,
+        NewContact {
+            identities: vec![
+                NewIdentity {
+                    channel_id: ch,
+                    external_id: "both-sub".into(),
+                    subscription: Some(subscribed("landing", &[])),
+                },
+                NewIdentity {
+                    channel_id: ch,
+                    external_id: "both-unsub".into(),
+                    subscription: None,
+                },
+            ],
+            ..NewContact::default()
+        },
+    )
+    .await;
+    let m = s
+        .enqueue_message(a, both.id, outbound(ch, Purpose::Marketing, "hi"))
+        .await
+        .expect("to the subscribed identity");
+    assert_eq!(m.external_id, "both-sub");
+
+    // Other workspaces, unknown channels, erased contacts.
+    assert_not_found(
+        s.enqueue_message(b, fan.id, outbound(b_ch, Purpose::Response, "x"))
+            .await,
+        "contact",
+    );
+    assert_not_found(
+        s.enqueue_message(a, fan.id, outbound(b_ch, Purpose::Response, "x"))
+            .await,
+        "channel",
+    );
+    s.erase_contact(a, unsub.id).await.expect("erase");
+    assert_conflict(
+        s.enqueue_message(a, unsub.id, outbound(ch, Purpose::Response, "x"))
+            .await,
+        "contact_erased",
+        None,
+    );
+}
+
+async fn case_claim_outbox_and_leases(s: &DynStore) {
+    let a = workspace(s, "A").await;
+    let ch = channel(s, a, "bot").await;
+    let ch2 = channel(s, a, "bot2").await;
+    let c = contact(
+        s,
+        a,
+        NewContact {
+            identities: vec![
+                NewIdentity {
+                    channel_id: ch,
+                    external_id: "x1".into(),
+                    subscription: Some(subscribed("landing", &[])),
+                },
+                NewIdentity {
+                    channel_id: ch2,
+                    external_id: "x2".into(),
+                    subscription: Some(subscribed("landing", &[])),
+                },
+            ],
+            ..NewContact::default()
+        },
+    )
+    .await;
+    assert!(s.due_channels().await.expect("due").is_empty());
+    assert!(s
+        .claim_outbox(ch, 10, std::time::Duration::from_secs(60))
+        .await
+        .expect("claim nothing")
+        .is_empty());
+    let m1 = s
+        .enqueue_message(a, c.id, outbound(ch, Purpose::Marketing, "one"))
+        .await
+        .expect("1");
+    let m2 = s
+        .enqueue_message(a, c.id, outbound(ch, Purpose::Marketing, "two"))
+        .await
+        .expect("2");
+    let later = Timestamp::now() + jiff::SignedDuration::from_hours(1);
+    let m3 = s
+        .enqueue_message(
+            a,
+            c.id,
+            NewOutbound {
+                run_at: Some(later),
+                ..outbound(ch, Purpose::Marketing, "later")
+            },
+        )
+        .await
+        .expect("3");
+    let earlier = Timestamp::now() - jiff::SignedDuration::from_mins(5);
+    let m4 = s
+        .enqueue_message(
+            a,
+            c.id,
+            NewOutbound {
+                run_at: Some(earlier),
+                ..outbound(ch2, Purpose::Marketing, "other channel")
+            },
+        )
+        .await
+        .expect("4");
+    let due = s.due_channels().await.expect("due");
+    assert_eq!(due, vec![(ch, m1.run_at), (ch2, m4.run_at)]);
+
+    // Oldest run_at first, limited; the future one waits.
+    let first = s
+        .claim_outbox(ch, 1, std::time::Duration::from_secs(60))
+        .await
+        .expect("claim 1");
+    assert_eq!(first.iter().map(|i| i.id).collect::<Vec<_>>(), vec![m1.id]);
+    assert_eq!(first[0].state, OutboxState::Sending);
+    assert_eq!(first[0].attempts, 1);
+    let rest = s
+        .claim_outbox(ch, 10, std::time::Duration::from_secs(60))
+        .await
+        .expect("claim rest");
+    assert_eq!(rest.iter().map(|i| i.id).collect::<Vec<_>>(), vec![m2.id]);
+    assert!(s
+        .claim_outbox(ch, 10, std::time::Duration::from_secs(60))
+        .await
+        .expect("nothing due")
+        .is_empty());
+    assert_eq!(
+        s.get_outbound(a, m3.id).await.expect("m3").state,
+        OutboxState::Queued
+    );
+    assert_eq!(
+        s.due_channels().await.expect("due"),
+        vec![(ch, m3.run_at), (ch2, m4.run_at)],
+        "rows being sent under a live lease are not due"
+    );
+    assert_eq!(counts(s, Some(ch)).await, state_counts(1, 2, 0, 0));
+    assert_eq!(counts(s, None).await, state_counts(2, 2, 0, 0));
+
+    // A lease that runs out gives the row to the next claim.
+    let short = s
+        .claim_outbox(ch2, 10, std::time::Duration::from_millis(1))
+        .await
+        .expect("claim short");
+    assert_eq!(short.iter().map(|i| i.id).collect::<Vec<_>>(), vec![m4.id]);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let due = s.due_channels().await.expect("due");
+    assert_eq!(due.len(), 2);
+    assert_eq!(due[1].0, ch2);
+    assert!(due[1].1 <= Timestamp::now(), "due since the lease ended");
+    let reclaimed = s
+        .claim_outbox(ch2, 10, std::time::Duration::from_secs(60))
+        .await
+        .expect("reclaim");
+    assert_eq!(reclaimed.len(), 1);
+    assert_eq!(reclaimed[0].id, m4.id);
+    assert_eq!(reclaimed[0].attempts, 2);
+    assert!(s
+        .claim_outbox(ch2, 10, std::time::Duration::from_secs(60))
+        .await
+        .expect("held again")
+        .is_empty());
+}
+
+async fn case_complete_outbox(s: &DynStore) {
+    let a = workspace(s, "A").await;
+    let ch = channel(s, a, "bot").await;
+    let c = recipient(s, a, ch, "r1", Some(subscribed("landing", &[]))).await;
+    let ident = c.identities[0].id;
+    let mut ids = Vec::new();
+    for text in ["sent", "retry", "failed", "again"] {
+        ids.push(
+            s.enqueue_message(a, c.id, outbound(ch, Purpose::Marketing, text))
+                .await
+                .expect("enqueue")
+                .id,
+        );
+    }
+    let lease = std::time::Duration::from_secs(60);
+    assert_eq!(s.claim_outbox(ch, 10, lease).await.expect("claim").len(), 4);
+    let before = events_of(s, a, c.id).await.len();
+    let soon = Timestamp::now() - jiff::SignedDuration::from_secs(1);
+    s.complete_outbox(vec![
+        OutboxResult {
+            id: ids[0],
+            parts_sent: 2,
+            provider_message_ids: vec!["p1".into(), "p2".into()],
+            outcome: SendOutcome::Sent,
+        },
+        OutboxResult {
+            id: ids[1],
+            parts_sent: 1,
+            provider_message_ids: vec!["p3".into()],
+            outcome: SendOutcome::Retry {
+                at: soon,
+                error: "429 too many requests".into(),
+            },
+        },
+        OutboxResult {
+            id: ids[2],
+            parts_sent: 0,
+            provider_message_ids: vec![],
+            outcome: SendOutcome::Failed {
+                reason: "message too long".into(),
+            },
+        },
+    ])
+    .await
+    .expect("complete");
+    let sent = s.get_outbound(a, ids[0]).await.expect("sent");
+    assert_eq!(sent.state, OutboxState::Sent);
+    assert!(sent.sent_at.is_some());
+    assert_eq!(sent.parts_sent, 2);
+    assert_eq!(sent.provider_message_ids, vec!["p1", "p2"]);
+    assert_eq!(sent.error, None);
+    let retry = s.get_outbound(a, ids[1]).await.expect("retry");
+    assert_eq!(retry.state, OutboxState::Queued);
+    assert_eq!(retry.run_at.as_microsecond(), soon.as_microsecond());
+    assert_eq!(retry.error.as_deref(), Some("429 too many requests"));
+    assert_eq!((retry.parts_sent, retry.attempts), (1, 1));
+    assert_eq!(retry.provider_message_ids, vec!["p3"]);
+    let failed = s.get_outbound(a, ids[2]).await.expect("failed");
+    assert_eq!(failed.state, OutboxState::Failed);
+    assert_eq!(failed.error.as_deref(), Some("message too long"));
+    let new: Vec<Event> = events_of(s, a, c.id)
+        .await
+        .into_iter()
+        .skip(before)
+        .collect();
+    assert_eq!(
+        new.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        vec!["message_sent", "message_failed"],
+        "a retry records no event"
+    );
+    assert_eq!(
+        new[0].data,
+        json!({"outbox_id": ids[0].0, "channel_id": ch.0, "source": "api", "provider_message_ids": ["p1", "p2"]})
+    );
+    assert_eq!(
+        new[1].data,
+        json!({"outbox_id": ids[2].0, "channel_id": ch.0, "reason": "message too long"})
+    );
+    // Results for rows no longer being sent are ignored.
+    s.complete_outbox(vec![OutboxResult {
+        id: ids[0],
+        parts_sent: 0,
+        provider_message_ids: vec![],
+        outcome: SendOutcome::Failed {
+            reason: "late".into(),
+        },
+    }])
+    .await
+    .expect("late result");
+    assert_eq!(s.get_outbound(a, ids[0]).await.expect("still sent"), sent);
+    // The retried row comes back with its progress kept.
+    let again = s.claim_outbox(ch, 10, lease).await.expect("reclaim");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, ids[1]);
+    assert_eq!((again[0].attempts, again[0].parts_sent), (2, 1));
+
+    // The person blocked the bot: the message fails and the identity becomes blocked.
+    let history_before = s
+        .subscription_history(a, c.id)
+        .await
+        .expect("history")
+        .len();
+    let before = events_of(s, a, c.id).await.len();
+    s.complete_outbox(vec![
+        OutboxResult {
+            id: ids[3],
+            parts_sent: 0,
+            provider_message_ids: vec![],
+            outcome: SendOutcome::Blocked {
+                reason: "Forbidden: bot was blocked by the user".into(),
+            },
+        },
+        OutboxResult {
+            id: ids[1],
+            parts_sent: 1,
+            provider_message_ids: vec!["p3".into()],
+            outcome: SendOutcome::Blocked {
+                reason: "Forbidden: bot was blocked by the user".into(),
+            },
+        },
+    ])
+    .await
+    .expect("blocked");
+    for id in [ids[1], ids[3]] {
+        let m = s.get_outbound(a, id).await.expect("blocked row");
+        assert_eq!(m.state, OutboxState::Failed);
+        assert_eq!(
+            m.error.as_deref(),
+            Some("Forbidden: bot was blocked by the user")
+        );
+    }
+    let got = s.get_contact(a, c.id).await.expect("contact");
+    assert_eq!(got.identities[0].id, ident);
+    assert_eq!(
+        got.identities[0].subscription.state,
+        SubscriptionState::Blocked
+    );
+    let history = s.subscription_history(a, c.id).await.expect("history");
+    assert_eq!(history.len(), history_before + 1, "blocked once, not twice");
+    let last = history.last().expect("entry");
+    assert_eq!(last.state, SubscriptionState::Blocked);
+    assert_eq!(last.identity_id, Some(ident));
+    assert!(last.proof.is_none());
+    let new: Vec<Event> = events_of(s, a, c.id)
+        .await
+        .into_iter()
+        .skip(before)
+        .collect();
+    assert_eq!(
+        new.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        vec!["message_failed", "subscription_changed", "message_failed"]
+    );
+    assert_eq!(new[1].data["state"], json!("blocked"));
+    assert_eq!(new[1].data["source"], json!("delivery"));
+    assert_eq!(new[1].data["identity_id"], json!(ident.0));
+    assert_eq!(counts(s, Some(ch)).await, state_counts(0, 0, 1, 3));
+    // Nothing more can be queued to them.
+    assert_conflict(
+        s.enqueue_message(a, c.id, outbound(ch, Purpose::Response, "x"))
+            .await,
+        "blocked",
+        None,
+    );
+    s.complete_outbox(vec![]).await.expect("empty batch");
+}
+
+async fn case_conversation_order(s: &DynStore) {
+    let a = workspace(s, "A").await;
+    let ch = channel(s, a, "bot").await;
+    let from = sender("c1", "Olga");
+    let e1 = text_event("1", &from, "hello");
+    let id1 = receive(s, a, ch, e1.clone()).await;
+    let got = s
+        .apply_inbound(
+            a,
+            id1,
+            InboundApply {
+                sender: from.clone(),
+                replies: vec![reply(Purpose::Response, "auto", "auto_reply")],
+                ..InboundApply::default()
+            },
+        )
+        .await
+        .expect("apply 1");
+    let api = s
+        .enqueue_message(
+            a,
+            got.contact_id,
+            outbound(ch, Purpose::Response, "from api"),
+        )
+        .await
+        .expect("api");
+    // Receipts are processed but are not lines of the conversation.
+    let receipt = InboundEvent {
+        provider_event_id: "2".into(),
+        sender: from.clone(),
+        at: 1_700_000_002,
+        kind: InboundKind::Delivered {
+            message_id: "x".into(),
+        },
+    };
+    let id2 = receive(s, a, ch, receipt).await;
+    s.apply_inbound(
+        a,
+        id2,
+        InboundApply {
+            sender: from.clone(),
+            ..InboundApply::default()
+        },
+    )
+    .await
+    .expect("apply 2");
+    let press = InboundEvent {
+        provider_event_id: "3".into(),
+        sender: from.clone(),
+        at: 1_700_000_003,
+        kind: InboundKind::ButtonPressed {
+            callback_id: Some("cb".into()),
+            data: "YES".into(),
+        },
+    };
+    let id3 = receive(s, a, ch, press.clone()).await;
+    // Not processed yet: not shown yet.
+    let conv = s
+        .conversation(a, got.identity_id, 50)
+        .await
+        .expect("conversation");
+    assert_eq!(conv.len(), 3);
+    s.apply_inbound(
+        a,
+        id3,
+        InboundApply {
+            sender: from.clone(),
+            ..InboundApply::default()
+        },
+    )
+    .await
+    .expect("apply 3");
+
+    let conv = s
+        .conversation(a, got.identity_id, 50)
+        .await
+        .expect("conversation");
+    let dirs: Vec<Direction> = conv.iter().map(|i| i.direction).collect();
+    assert_eq!(
+        dirs,
+        vec![Direction::In, Direction::Out, Direction::Out, Direction::In]
+    );
+    assert_eq!(
+        conv[0].inbound,
+        Some(serde_json::to_value(&e1).expect("json"))
+    );
+    assert!(conv[0].outbound.is_none());
+    assert_eq!(conv[1].outbound.as_ref().map(|o| o.id), Some(got.queued[0]));
+    assert_eq!(conv[2].outbound.as_ref(), Some(&api));
+    assert_eq!(conv[2].at, api.created_at);
+    assert_eq!(
+        conv[3].inbound,
+        Some(serde_json::to_value(&press).expect("json"))
+    );
+    assert!(conv.windows(2).all(|w| w[0].at <= w[1].at), "oldest first");
+    // The latest `limit` items.
+    let tail = s.conversation(a, got.identity_id, 2).await.expect("tail");
+    assert_eq!(tail, conv[2..].to_vec());
+    let b = workspace(s, "B").await;
+    assert_not_found(s.conversation(b, got.identity_id, 10).await, "identity");
+}
+
+async fn case_messaging_isolation(s: &DynStore) {
+    let a = workspace(s, "A").await;
+    let b = workspace(s, "B").await;
+    let ch = channel(s, a, "bot").await;
+    let from = sender("iso", "Iso");
+    let id = receive(s, a, ch, text_event("1", &from, "hi")).await;
+    let got = s
+        .apply_inbound(
+            a,
+            id,
+            InboundApply {
+                sender: from.clone(),
+                replies: vec![reply(Purpose::Response, "hello", "auto_reply")],
+                ..InboundApply::default()
+            },
+        )
+        .await
+        .expect("apply");
+    let out = got.queued[0];
+    assert_not_found(s.get_outbound(b, out).await, "message");
+    assert!(s.get_outbound(a, out).await.is_ok());
+    assert_not_found(
+        s.enqueue_message(b, got.contact_id, outbound(ch, Purpose::Response, "x"))
+            .await,
+        "contact",
+    );
+    assert_not_found(s.conversation(b, got.identity_id, 10).await, "identity");
+    assert_eq!(
+        s.last_outbound_with_choices(b, got.identity_id)
+            .await
+            .expect("none"),
+        None
+    );
+    assert_eq!(s.find_identity(b, ch, "iso").await.expect("none"), None);
+    assert!(s.find_identity(a, ch, "iso").await.expect("some").is_some());
+    assert_not_found(
+        s.apply_inbound(b, id, InboundApply::default()).await,
+        "inbound_event",
+    );
+    assert_not_found(
+        s.record_inbound(b, ch, vec![text_event("2", &from, "x")])
+            .await,
+        "channel",
+    );
+    // A detached identity's messages stay with its contact, even if a new identity (of
+    // someone else) gets the same id, as SQLite may do.
+    let old = recipient(s, a, ch, "old", Some(subscribed("landing", &[]))).await;
+    let old_ident = old.identities[0].id;
+    let sent = s
+        .enqueue_message(
+            a,
+            old.id,
+            NewOutbound {
+                message: with_buttons("old question"),
+                ..outbound(ch, Purpose::Marketing, "x")
+            },
+        )
+        .await
+        .expect("enqueue");
+    s.remove_identity(a, old.id, old_ident)
+        .await
+        .expect("detach");
+    let newcomer = recipient(s, a, ch, "new", None).await;
+    let new_ident = newcomer.identities[0].id;
+    assert_eq!(
+        s.last_outbound_with_choices(a, new_ident)
+            .await
+            .expect("choices"),
+        None
+    );
+    assert!(s
+        .conversation(a, new_ident, 10)
+        .await
+        .expect("conversation")
+        .is_empty());
+    assert_eq!(
+        s.get_outbound(a, sent.id).await.expect("kept").contact_id,
+        old.id
+    );
+}
+
+async fn case_messaging_erasure(s: &DynStore) {
+    let a = workspace(s, "A").await;
+    let ch = channel(s, a, "bot").await;
+    let pii = [
+        "Qzxfirst",
+        "qzxexternal",
+        "qzxsecret words",
+        "qzxreply text",
+        "qzxqueued text",
+        "qzxprovider",
+    ];
+    let from = sender("qzxexternal", "Qzxfirst");
+    let id = receive(s, a, ch, text_event("1", &from, "qzxsecret words")).await;
+    let got = s
+        .apply_inbound(
+            a,
+            id,
+            InboundApply {
+                sender: from.clone(),
+                subscription: Some(subscribed("telegram_start", &[])),
+                replies: vec![NewReply {
+                    purpose: Purpose::Response,
+                    message: with_buttons("qzxreply text"),
+                    source: "auto_reply".into(),
+                }],
+                ..InboundApply::default()
+            },
+        )
+        .await
+        .expect("apply");
+    let lease = std::time::Duration::from_secs(60);
+    let claimed = s.claim_outbox(ch, 10, lease).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    s.complete_outbox(vec![OutboxResult {
+        id: claimed[0].id,
+        parts_sent: 1,
+        provider_message_ids: vec!["qzxprovider".into()],
+        outcome: SendOutcome::Sent,
+    }])
+    .await
+    .expect("sent");
+    let queued = s
+        .enqueue_message(
+            a,
+            got.contact_id,
+            outbound(ch, Purpose::Marketing, "qzxqueued text"),
+        )
+        .await
+        .expect("queued");
+    for needle in pii {
+        assert!(
+            !s.find_text_everywhere(needle)
+                .await
+                .expect("scan")
+                .is_empty(),
+            "{needle} is stored before erasure"
+        );
+    }
+    assert_eq!(counts(s, Some(ch)).await, state_counts(1, 0, 1, 0));
+
+    s.erase_contact(a, got.contact_id).await.expect("erase");
+    for needle in pii {
+        assert_eq!(
+            s.find_text_everywhere(needle).await.expect("scan"),
+            Vec::<String>::new(),
+            "{needle} left after erasure"
+        );
+    }
+    // The rows stay for the counts; the queued one will never be sent.
+    assert_eq!(counts(s, Some(ch)).await, state_counts(0, 0, 1, 1));
+    let q = s.get_outbound(a, queued.id).await.expect("queued row");
+    assert_eq!(q.state, OutboxState::Failed);
+    assert_eq!(q.message, OutboundMessage::default());
+    assert!(s
+        .claim_outbox(ch, 10, lease)
+        .await
+        .expect("claim")
+        .is_empty());
+    assert!(s.due_channels().await.expect("due").is_empty());
+    // A provider retry of the old event stays a duplicate.
+    assert_eq!(
+        s.record_inbound(a, ch, vec![text_event("1", &from, "qzxsecret words")])
+            .await
+            .expect("retry"),
+        vec![None]
+    );
+    // The person writing again is a new contact, whose conversation starts empty.
+    let id2 = receive(s, a, ch, text_event("2", &from, "back")).await;
+    let again = s
+        .apply_inbound(
+            a,
+            id2,
+            InboundApply {
+                sender: from.clone(),
+                ..InboundApply::default()
+            },
+        )
+        .await
+        .expect("apply again");
+    assert!(again.contact_created);
+    assert_ne!(again.contact_id, got.contact_id);
+    let conv = s
+        .conversation(a, again.identity_id, 50)
+        .await
+        .expect("conversation");
+    assert_eq!(conv.len(), 1);
+    assert_eq!(conv[0].direction, Direction::In);
+    assert_eq!(
+        s.last_outbound_with_choices(a, again.identity_id)
+            .await
+            .expect("choices"),
+        None,
+        "the erased person's buttons are not the new one's"
+    );
+    // With no identities left on it, the channel can go, messages and all.
+    s.delete_contact(a, again.contact_id).await.expect("delete");
+    s.delete_channel(a, ch).await.expect("delete channel");
+    assert_eq!(counts(s, None).await, state_counts(0, 0, 0, 0));
 }

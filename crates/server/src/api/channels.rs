@@ -12,10 +12,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use voronka_core::channel::{display_name, ChannelKind, ChannelStatus};
+use voronka_core::channel::{display_name, ChannelKind, ChannelSettings, ChannelStatus};
 use voronka_core::crypto::Sealed;
 use voronka_core::ChannelId;
-use voronka_store::{Channel, ChannelPatch, NewChannel};
+use voronka_engine::messaging::MessagingError;
+use voronka_store::{Channel, ChannelPatch, ChannelRuntime, NewChannel};
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -31,9 +32,15 @@ pub struct CreateChannel {
     pub kind: ChannelKind,
     /// Display name, 1 to 100 characters.
     pub name: String,
-    /// Provider credentials (bot token, secrets); stored encrypted, never returned.
+    /// Provider credentials, stored encrypted and never returned. Telegram:
+    /// `{"token": "123456:AA…"}` (checked with Telegram before the channel is created);
+    /// web chat: none.
+    #[serde(default)]
     #[schema(value_type = Object)]
     pub credentials: Map<String, Value>,
+    /// STOP/START words, welcome, auto-reply and consent text (defaults when absent).
+    #[serde(default)]
+    pub settings: Option<ChannelSettings>,
 }
 
 /// Changes to a channel; absent attributes are left alone.
@@ -50,6 +57,55 @@ pub struct UpdateChannel {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub credentials: Option<Map<String, Value>>,
+    /// New settings (replace the old ones entirely).
+    #[serde(default)]
+    pub settings: Option<ChannelSettings>,
+}
+
+/// Seals credentials the way the channel's kind needs them: a Telegram token is checked
+/// with `getMe` and gets a webhook secret; other kinds keep what was given.
+async fn credentials_for(
+    state: &AppState,
+    kind: ChannelKind,
+    credentials: &Map<String, Value>,
+) -> ApiResult<(Sealed, Option<ChannelRuntime>)> {
+    match kind {
+        ChannelKind::Telegram => {
+            let Some(token) = credentials.get("token").and_then(Value::as_str) else {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "validation_failed",
+                    "a Telegram channel needs credentials.token (the bot token from @BotFather)",
+                )
+                .with_detail("field", "credentials.token"));
+            };
+            match state.messaging().prepare_telegram(token).await {
+                Ok((sealed, runtime, _)) => Ok((sealed, Some(runtime))),
+                Err(MessagingError::InvalidCredentials(m)) => {
+                    Err(
+                        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_token", m)
+                            .with_detail("field", "credentials.token"),
+                    )
+                }
+                Err(MessagingError::Unreachable(m)) => Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "provider_unreachable",
+                    m,
+                )),
+                Err(MessagingError::Store(e)) => Err(e.into()),
+            }
+        }
+        ChannelKind::Webchat => Ok((seal(state, credentials)?, None)),
+        other => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            format!(
+                "{} channels cannot be connected yet (supported: telegram, webchat)",
+                other.as_str()
+            ),
+        )
+        .with_detail("field", "kind")),
+    }
 }
 
 fn seal(state: &AppState, credentials: &Map<String, Value>) -> ApiResult<Sealed> {
@@ -79,8 +135,13 @@ pub async fn create_channel(
     Json(body): Json<CreateChannel>,
 ) -> ApiResult<(StatusCode, axum::Json<Channel>)> {
     let name = display_name("name", &body.name)?;
-    let credentials = seal(&state, &body.credentials)?;
-    let channel = state
+    let settings = body
+        .settings
+        .unwrap_or_default()
+        .validated()
+        .map_err(|e| e.under("settings"))?;
+    let (credentials, runtime) = credentials_for(&state, body.kind, &body.credentials).await?;
+    let mut channel = state
         .store()
         .create_channel(
             auth.workspace,
@@ -88,8 +149,27 @@ pub async fn create_channel(
                 kind: body.kind,
                 name,
                 credentials,
+                settings,
             },
         )
+        .await?;
+    if let Some(runtime) = runtime {
+        channel = state
+            .store()
+            .update_channel(
+                auth.workspace,
+                channel.id,
+                ChannelPatch {
+                    runtime: Some(runtime),
+                    ..Default::default()
+                },
+            )
+            .await?;
+    }
+    state.messaging().activate(&channel).await;
+    let channel = state
+        .store()
+        .get_channel(auth.workspace, channel.id)
         .await?;
     Ok((StatusCode::CREATED, axum::Json(channel)))
 }
@@ -122,19 +202,38 @@ pub async fn update_channel(
     ApiPath(id): ApiPath<i64>,
     Json(body): Json<UpdateChannel>,
 ) -> ApiResult<axum::Json<Channel>> {
-    let patch = ChannelPatch {
-        name: body.name.map(|n| display_name("name", &n)).transpose()?,
-        status: body.status,
-        credentials: body
-            .credentials
-            .as_ref()
-            .map(|c| seal(&state, c))
-            .transpose()?,
+    let current = state
+        .store()
+        .get_channel(auth.workspace, ChannelId(id))
+        .await?;
+    let name = body.name.map(|n| display_name("name", &n)).transpose()?;
+    let settings = body
+        .settings
+        .map(|s| s.validated().map_err(|e| e.under("settings")))
+        .transpose()?;
+    let (credentials, runtime) = match &body.credentials {
+        Some(c) => {
+            let (sealed, runtime) = credentials_for(&state, current.kind, c).await?;
+            (Some(sealed), runtime)
+        }
+        None => (None, None),
     };
+    let patch = ChannelPatch {
+        name,
+        status: body.status,
+        credentials,
+        settings,
+        runtime,
+    };
+    let channel = state
+        .store()
+        .update_channel(auth.workspace, ChannelId(id), patch)
+        .await?;
+    state.messaging().activate(&channel).await;
     Ok(axum::Json(
         state
             .store()
-            .update_channel(auth.workspace, ChannelId(id), patch)
+            .get_channel(auth.workspace, channel.id)
             .await?,
     ))
 }
@@ -152,5 +251,6 @@ pub async fn delete_channel(
         .store()
         .delete_channel(auth.workspace, ChannelId(id))
         .await?;
+    state.messaging().deactivate(ChannelId(id));
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,6 +5,7 @@ pub mod channels;
 pub mod contacts;
 pub mod csv;
 pub mod fields;
+pub mod messages;
 pub mod query;
 pub mod tags;
 pub mod workspace;
@@ -35,6 +36,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .merge(tags::routes())
         .merge(fields::routes())
         .merge(contacts::routes())
+        .merge(messages::routes())
         .merge(csv::export_routes())
         .merge(api_keys::routes())
         .routes(utoipa_axum::routes!(crate::openapi::openapi_json))

@@ -8,6 +8,7 @@ use crate::{ApiKeyStore, ChannelStore, Result, StoreError, UserStore, WorkspaceS
 use async_trait::async_trait;
 use jiff::Timestamp;
 use sqlx::postgres::PgRow;
+use sqlx::types::Json;
 use sqlx::Row;
 use voronka_core::*;
 
@@ -257,14 +258,15 @@ impl ChannelStore for PgStore {
     async fn create_channel(&self, ws: WorkspaceId, new: NewChannel) -> Result<Channel> {
         let now = now_us();
         let r = sqlx::query(&format!(
-            "INSERT INTO channels (workspace_id, kind, name, status, credentials, credentials_key_id, created_at, updated_at)
-             VALUES ($1, $2, $3, 'active', $4, $5, $6, $6) RETURNING {CHANNEL_COLS}"
+            "INSERT INTO channels (workspace_id, kind, name, status, credentials, credentials_key_id, settings, created_at, updated_at)
+             VALUES ($1, $2, $3, 'active', $4, $5, $6, $7, $7) RETURNING {CHANNEL_COLS}"
         ))
         .bind(ws.0)
         .bind(new.kind.as_str())
         .bind(&new.name)
         .bind(&new.credentials.data)
         .bind(&new.credentials.key_id)
+        .bind(Json(&new.settings))
         .bind(now)
         .fetch_one(&self.pool)
         .await
@@ -312,7 +314,9 @@ impl ChannelStore for PgStore {
                 status = COALESCE($4, status),
                 credentials = COALESCE($5, credentials),
                 credentials_key_id = COALESCE($6, credentials_key_id),
-                updated_at = $7
+                settings = COALESCE($7, settings),
+                runtime = COALESCE($8, runtime),
+                updated_at = $9
              WHERE id = $1 AND workspace_id = $2 RETURNING {CHANNEL_COLS}"
         ))
         .bind(id.0)
@@ -321,6 +325,8 @@ impl ChannelStore for PgStore {
         .bind(patch.status.map(|s| s.as_str()))
         .bind(cred)
         .bind(key_id)
+        .bind(patch.settings.as_ref().map(Json))
+        .bind(patch.runtime.as_ref().map(Json))
         .bind(now_us())
         .fetch_optional(&self.pool)
         .await?

@@ -71,7 +71,8 @@ async fn contact_exists(conn: &mut PgConnection, ws: WorkspaceId, id: ContactId)
     }
 }
 
-async fn touch(conn: &mut PgConnection, id: ContactId, now: i64) -> Result<()> {
+/// Records that a contact changed now.
+pub(crate) async fn touch(conn: &mut PgConnection, id: ContactId, now: i64) -> Result<()> {
     sqlx::query("UPDATE contacts SET updated_at = $2 WHERE id = $1")
         .bind(id.0)
         .bind(now)
@@ -349,8 +350,52 @@ fn subscription_event(identity: i64, channel: i64, change: &SubscriptionChange) 
     })
 }
 
+/// Stores a new subscription on an identity of contact `id` (NotFound otherwise) with
+/// its history row and `subscription_changed` event; `event_source` replaces the event's
+/// `source` (the proof's) when the change has another origin, e.g. `delivery`.
+pub(crate) async fn change_subscription(
+    conn: &mut PgConnection,
+    ws: WorkspaceId,
+    id: ContactId,
+    identity: IdentityId,
+    change: &SubscriptionChange,
+    event_source: Option<&str>,
+    now: i64,
+) -> Result<Identity> {
+    let p = change.proof();
+    let r = sqlx::query(&format!(
+        "UPDATE identities SET sub_state = $4, sub_topics = $5, proof_source = $6, proof_at = $7, proof_text = $8,
+             proof_ip = $9, proof_message_id = $10, sub_updated_at = $11
+         WHERE id = $1 AND contact_id = $2 AND workspace_id = $3
+         RETURNING {IDENTITY_COLS}"
+    ))
+    .bind(identity.0)
+    .bind(id.0)
+    .bind(ws.0)
+    .bind(change.state().as_str())
+    .bind(Json(change.topics()))
+    .bind(p.map(|p| p.source.as_str()))
+    .bind(p.map(|p| p.at.as_microsecond()))
+    .bind(p.and_then(|p| p.text_shown.as_deref()))
+    .bind(p.and_then(|p| p.ip.as_deref()))
+    .bind(p.and_then(|p| p.message_id.as_deref()))
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(StoreError::not_found("identity"))?;
+    let updated = rows::identity(&r)?;
+    let ch = updated.channel_id.0;
+    insert_history(conn, ws, id, identity.0, ch, change, now).await?;
+    let mut data = subscription_event(identity.0, ch, change);
+    if let Some(source) = event_source {
+        data["source"] = json!(source);
+    }
+    insert_event(conn, ws, id, EventKind::SubscriptionChanged, &data, now).await?;
+    Ok(updated)
+}
+
 /// Attaches an identity with its initial subscription, history row and events.
-async fn attach_identity(
+pub(crate) async fn attach_identity(
     conn: &mut PgConnection,
     ws: WorkspaceId,
     id: ContactId,
@@ -745,39 +790,7 @@ impl ContactStore for PgStore {
         let now = now_us();
         let mut tx = self.pool.begin().await?;
         lock_contact(&mut tx, ws, id).await?;
-        let p = change.proof();
-        let r = sqlx::query(&format!(
-            "UPDATE identities SET sub_state = $4, sub_topics = $5, proof_source = $6, proof_at = $7, proof_text = $8,
-                 proof_ip = $9, proof_message_id = $10, sub_updated_at = $11
-             WHERE id = $1 AND contact_id = $2 AND workspace_id = $3
-             RETURNING {IDENTITY_COLS}"
-        ))
-        .bind(identity.0)
-        .bind(id.0)
-        .bind(ws.0)
-        .bind(change.state().as_str())
-        .bind(Json(change.topics()))
-        .bind(p.map(|p| p.source.as_str()))
-        .bind(p.map(|p| p.at.as_microsecond()))
-        .bind(p.and_then(|p| p.text_shown.as_deref()))
-        .bind(p.and_then(|p| p.ip.as_deref()))
-        .bind(p.and_then(|p| p.message_id.as_deref()))
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::not_found("identity"))?;
-        let updated = rows::identity(&r)?;
-        let ch = updated.channel_id.0;
-        insert_history(&mut tx, ws, id, identity.0, ch, &change, now).await?;
-        insert_event(
-            &mut tx,
-            ws,
-            id,
-            EventKind::SubscriptionChanged,
-            &subscription_event(identity.0, ch, &change),
-            now,
-        )
-        .await?;
+        let updated = change_subscription(&mut tx, ws, id, identity, &change, None, now).await?;
         touch(&mut tx, id, now).await?;
         tx.commit().await?;
         Ok(updated)
@@ -888,8 +901,11 @@ impl ContactStore for PgStore {
     async fn erase_contact(&self, ws: WorkspaceId, id: ContactId) -> Result<()> {
         let now = now_us();
         let mut tx = self.pool.begin().await?;
+        // NO KEY UPDATE still queues other changes to the contact, but lets a delivery
+        // worker insert an event for it (a foreign key check takes KEY SHARE): that worker
+        // may hold an outbox row this erasure is about to wait for.
         let erased: Option<i64> = sqlx::query(
-            "SELECT erased_at FROM contacts WHERE id = $1 AND workspace_id = $2 FOR UPDATE",
+            "SELECT erased_at FROM contacts WHERE id = $1 AND workspace_id = $2 FOR NO KEY UPDATE",
         )
         .bind(id.0)
         .bind(ws.0)
@@ -900,11 +916,23 @@ impl ContactStore for PgStore {
         if erased.is_some() {
             return Ok(());
         }
-        let steps: [&str; 7] = [
+        let steps: [&str; 9] = [
             "UPDATE contacts SET first_name = NULL, last_name = NULL, username = NULL, language = NULL,
                  time_zone = NULL, phone = NULL, email = NULL, avatar_url = NULL, source = NULL,
                  erased_at = $2, updated_at = $2
              WHERE id = $1",
+            // Conversations are personal (message texts, the sender's names inside
+            // stored events, the address). The rows stay, emptied, so counts and the
+            // duplicate check of provider events still work; what was still waiting to be
+            // sent never will be. Before identities: a delivery worker locks an outbox
+            // row, then the identity, and this must take them in the same order.
+            "UPDATE outbox SET message = '{}'::jsonb, has_choices = false, external_id = '',
+                 provider_message_ids = '[]'::jsonb,
+                 error = CASE WHEN state IN ('queued', 'sending') THEN 'contact erased' END,
+                 state = CASE WHEN state IN ('queued', 'sending') THEN 'failed' ELSE state END,
+                 lease_until = NULL
+             WHERE contact_id = $1",
+            "UPDATE inbound_events SET payload = '{}'::jsonb, error = NULL WHERE contact_id = $1",
             "DELETE FROM identities WHERE contact_id = $1",
             "DELETE FROM contact_fields WHERE contact_id = $1",
             "DELETE FROM contact_tags WHERE contact_id = $1",

@@ -5,7 +5,8 @@
 //! implemented area by area in the sibling modules so each file reads on its own:
 //! `accounts` (workspaces, users, API keys, channels), `schema` (tags and field
 //! definitions), `contacts` (one contact at a time), `filter` (ContactFilter → SQL),
-//! `import` (set-based batch upsert), `idempotency`, and `rows` (row → record decoding).
+//! `import` (set-based batch upsert), `idempotency`, `messaging` (the inbound event log
+//! and the outbox), and `rows` (row → record decoding).
 //!
 //! All queries are runtime-checked (`sqlx::query` + `Row::get`), so the crate builds
 //! offline without a database.
@@ -15,6 +16,7 @@ mod contacts;
 mod filter;
 mod idempotency;
 mod import;
+mod messaging;
 mod rows;
 mod schema;
 #[cfg(test)]
@@ -42,6 +44,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "count_tuning",
         include_str!("../../migrations/postgres/0002_count_tuning.sql"),
+    ),
+    (
+        3,
+        "messaging",
+        include_str!("../../migrations/postgres/0003_messaging.sql"),
     ),
 ];
 

@@ -33,8 +33,8 @@ pub(crate) const API_KEY_COLS: &str =
     "id, workspace_id, name, prefix, scopes, created_at, last_used_at, revoked_at";
 
 /// Columns of `channels` read by [`channel`].
-pub(crate) const CHANNEL_COLS: &str =
-    "id, kind, name, status, credentials, credentials_key_id, created_at, updated_at";
+pub(crate) const CHANNEL_COLS: &str = "id, workspace_id, kind, name, status, credentials, \
+     credentials_key_id, settings, runtime, created_at, updated_at";
 
 fn proof(r: &PgRow) -> Result<Option<ConsentProof>> {
     let source: Option<String> = r.try_get("proof_source")?;
@@ -149,8 +149,11 @@ pub(crate) fn api_key(r: &PgRow) -> Result<ApiKey> {
 pub(crate) fn channel(r: &PgRow) -> Result<Channel> {
     let kind: String = r.try_get("kind")?;
     let status: String = r.try_get("status")?;
+    let Json(settings) = r.try_get("settings")?;
+    let Json(runtime) = r.try_get("runtime")?;
     Ok(Channel {
         id: ChannelId(r.try_get("id")?),
+        workspace_id: WorkspaceId(r.try_get("workspace_id")?),
         kind: parse_stored("channel kind", &kind)?,
         name: r.try_get("name")?,
         status: parse_stored("channel status", &status)?,
@@ -158,6 +161,8 @@ pub(crate) fn channel(r: &PgRow) -> Result<Channel> {
             key_id: r.try_get("credentials_key_id")?,
             data: r.try_get("credentials")?,
         },
+        settings,
+        runtime,
         created_at: ts(r.try_get("created_at")?),
         updated_at: ts(r.try_get("updated_at")?),
     })

@@ -36,6 +36,7 @@ async fn fixture() -> Option<Fixture> {
                     key_id: "k1".into(),
                     data: vec![1, 2, 3],
                 },
+                settings: Default::default(),
             },
         )
         .await
@@ -365,4 +366,56 @@ async fn filters_count_and_erase_leaves_no_text() {
             .expect("count"),
         0
     );
+}
+
+/// A channel from before the messaging migration has `'{}'` in both JSON columns: it
+/// reads as the default settings and an empty runtime.
+#[tokio::test]
+async fn empty_json_columns_read_as_defaults() {
+    use voronka_core::channel::ChannelSettings;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    // Named like `testing`'s schemas, so a run that dies here is cleaned up later.
+    let schema = format!("t_{nanos:x}_json_{}", std::process::id());
+    let store =
+        match crate::postgres::PgStore::connect_in_schema(&crate::testing::pg_url(), &schema).await
+        {
+            Ok(s) => s,
+            Err(_) if !crate::testing::pg_required() => return,
+            Err(e) => panic!("PostgreSQL is required: {e}"),
+        };
+    store.migrate().await.expect("migrate");
+    let ws = store.create_workspace("w").await.expect("workspace").id;
+    let ch = store
+        .create_channel(
+            ws,
+            NewChannel {
+                kind: ChannelKind::Telegram,
+                name: "bot".into(),
+                credentials: Sealed {
+                    key_id: "k".into(),
+                    data: vec![1],
+                },
+                settings: ChannelSettings {
+                    stop_words: vec!["halt".into()],
+                    ..ChannelSettings::default()
+                },
+            },
+        )
+        .await
+        .expect("channel")
+        .id;
+    sqlx::query("UPDATE channels SET settings = '{}', runtime = '{}' WHERE id = $1")
+        .bind(ch.0)
+        .execute(store.pool())
+        .await
+        .expect("blank the columns");
+    let got = store.get_channel(ws, ch).await.expect("get");
+    assert_eq!(got.settings, ChannelSettings::default());
+    assert_eq!(got.runtime, ChannelRuntime::default());
+    let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(store.pool())
+        .await;
 }

@@ -1,7 +1,7 @@
 //! Workspaces, users and memberships, API keys and channels: small tables written
 //! rarely, read on every request (API key lookup), so plain single-row statements.
 
-use super::rows::{is_unique, now, parsed, ts, ts_opt, us};
+use super::rows::{is_unique, json_col, now, parsed, to_json, ts, ts_opt, us};
 use super::SqliteStore;
 use crate::model::*;
 use crate::{ApiKeyStore, ChannelStore, Result, StoreError, UserStore, WorkspaceStore};
@@ -272,21 +272,27 @@ impl ApiKeyStore for SqliteStore {
     }
 }
 
-const CHANNEL_COLS: &str =
-    "id, kind, name, status, credentials, credentials_key_id, created_at, updated_at";
+/// Columns read by [`channel_row`].
+pub(crate) const CHANNEL_COLS: &str =
+    "id, workspace_id, kind, name, status, credentials, credentials_key_id, \
+     settings, runtime, created_at, updated_at";
 
-fn channel_row(r: &Row<'_>) -> rusqlite::Result<Channel> {
+/// A channel row (columns [`CHANNEL_COLS`]).
+pub(crate) fn channel_row(r: &Row<'_>) -> rusqlite::Result<Channel> {
     Ok(Channel {
         id: ChannelId(r.get(0)?),
-        kind: parsed(r, 1)?,
-        name: r.get(2)?,
-        status: parsed(r, 3)?,
+        workspace_id: WorkspaceId(r.get(1)?),
+        kind: parsed(r, 2)?,
+        name: r.get(3)?,
+        status: parsed(r, 4)?,
         credentials: Sealed {
-            data: r.get(4)?,
-            key_id: r.get(5)?,
+            data: r.get(5)?,
+            key_id: r.get(6)?,
         },
-        created_at: ts(r, 6)?,
-        updated_at: ts(r, 7)?,
+        settings: json_col(r, 7)?,
+        runtime: json_col(r, 8)?,
+        created_at: ts(r, 9)?,
+        updated_at: ts(r, 10)?,
     })
 }
 
@@ -306,8 +312,8 @@ impl ChannelStore for SqliteStore {
             ensure_workspace(c, ws)?;
             let at = now();
             c.execute(
-                "INSERT INTO channels (workspace_id, kind, name, status, credentials, credentials_key_id, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                "INSERT INTO channels (workspace_id, kind, name, status, credentials, credentials_key_id, \
+                 settings, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
                 params![
                     ws.0,
                     new.kind.as_str(),
@@ -315,6 +321,7 @@ impl ChannelStore for SqliteStore {
                     ChannelStatus::Active.as_str(),
                     new.credentials.data,
                     new.credentials.key_id,
+                    to_json(&new.settings)?,
                     us(at)
                 ],
             )?;
@@ -349,15 +356,20 @@ impl ChannelStore for SqliteStore {
                 Some(s) => (Some(s.data), Some(s.key_id)),
                 None => (None, None),
             };
+            let settings = patch.settings.as_ref().map(to_json).transpose()?;
+            let runtime = patch.runtime.as_ref().map(to_json).transpose()?;
             let n = c.execute(
                 "UPDATE channels SET name = COALESCE(?1, name), status = COALESCE(?2, status), \
                  credentials = COALESCE(?3, credentials), credentials_key_id = COALESCE(?4, credentials_key_id), \
-                 updated_at = ?5 WHERE id = ?6 AND workspace_id = ?7",
+                 settings = COALESCE(?5, settings), runtime = COALESCE(?6, runtime), \
+                 updated_at = ?7 WHERE id = ?8 AND workspace_id = ?9",
                 params![
                     patch.name,
                     patch.status.map(|s| s.as_str()),
                     data,
                     key_id,
+                    settings,
+                    runtime,
                     us(now()),
                     id.0,
                     ws.0

@@ -262,7 +262,7 @@ pub(crate) fn insert_identity(
 
 /// Attaches an identity with its events (`identity_added`, then `subscription_changed`
 /// when a change was given), as create_contact and add_identity do.
-fn add_identity_with_events(
+pub(crate) fn add_identity_with_events(
     c: &Connection,
     ws: WorkspaceId,
     contact: ContactId,
@@ -391,6 +391,20 @@ fn erase(c: &Connection, ws: WorkspaceId, id: ContactId) -> Result<()> {
          time_zone = NULL, phone = NULL, email = NULL, avatar_url = NULL, source = NULL, \
          erased_at = ?1, updated_at = ?1 WHERE id = ?2",
         [at, id.0],
+    )?;
+    // Conversations are personal (message texts, the sender's names inside stored
+    // events, the address). The rows stay, emptied, so counts and the duplicate check of
+    // provider events still work; what was still waiting to be sent never will be.
+    c.execute(
+        "UPDATE outbox SET message = '{}', has_choices = 0, external_id = '', provider_message_ids = '[]', \
+         error = CASE WHEN state IN ('queued', 'sending') THEN 'contact erased' END, \
+         state = CASE WHEN state IN ('queued', 'sending') THEN 'failed' ELSE state END, \
+         lease_until = NULL WHERE contact_id = ?1",
+        [id.0],
+    )?;
+    c.execute(
+        "UPDATE inbound_events SET payload = '{}', error = NULL WHERE contact_id = ?1",
+        [id.0],
     )?;
     c.execute("DELETE FROM identities WHERE contact_id = ?1", [id.0])?;
     c.execute("DELETE FROM contact_fields WHERE contact_id = ?1", [id.0])?;

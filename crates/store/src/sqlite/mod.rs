@@ -10,8 +10,9 @@
 //!
 //! The trait implementations are split by area: [`accounts`] (workspaces, users, API
 //! keys, channels), [`catalog`] (tags and field definitions), [`contacts`] (the contact
-//! base), [`filter`] (SQL for contact filters), [`import`] (bulk upsert), [`idempotency`]
-//! and [`admin`] (migrations, ping, the erasure audit).
+//! base), [`filter`] (SQL for contact filters), [`import`] (bulk upsert), [`idempotency`],
+//! [`messaging`] (the inbound event log and the outbox) and [`admin`] (migrations, ping,
+//! the erasure audit).
 
 mod accounts;
 mod admin;
@@ -20,6 +21,7 @@ mod contacts;
 mod filter;
 mod idempotency;
 mod import;
+mod messaging;
 mod readers;
 mod rows;
 mod schema;

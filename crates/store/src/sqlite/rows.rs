@@ -58,6 +58,22 @@ pub(crate) fn strings(row: &Row<'_>, idx: usize) -> rusqlite::Result<Vec<String>
     serde_json::from_str(&s).map_err(|e| bad(idx, e.to_string()))
 }
 
+/// Reads a JSON column into `T`, reporting a value that does not parse as a conversion
+/// error of that column.
+pub(crate) fn json_col<T: serde::de::DeserializeOwned>(
+    row: &Row<'_>,
+    idx: usize,
+) -> rusqlite::Result<T> {
+    let s: String = row.get(idx)?;
+    serde_json::from_str(&s).map_err(|e| bad(idx, e.to_string()))
+}
+
+/// A value as JSON text for a TEXT column.
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v)
+        .map_err(|e| StoreError::Database(format!("cannot encode a JSON column: {e}")))
+}
+
 /// A JSON array of strings as stored.
 pub(crate) fn json_strings(v: &[String]) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "[]".into())

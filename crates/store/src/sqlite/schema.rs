@@ -18,11 +18,18 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, in order (`migrations/sqlite/NNNN_name.sql`).
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "foundation",
-    sql: include_str!("../../migrations/sqlite/0001_foundation.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "foundation",
+        sql: include_str!("../../migrations/sqlite/0001_foundation.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "messaging",
+        sql: include_str!("../../migrations/sqlite/0002_messaging.sql"),
+    },
+];
 
 /// Applies the pending migrations on `conn` (the writer: the caller's savepoint makes
 /// each run all-or-nothing); returns how many ran.

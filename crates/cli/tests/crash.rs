@@ -1,0 +1,260 @@
+//! Crash safety of the outbox: start sending 5,000 messages, kill the server process
+//! hard (SIGKILL) mid-way, restart it: every message is delivered, and duplicates are at
+//! most the number of messages that were in flight (`sending`) at the kill.
+
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use voronka_core::channel::ChannelKind;
+use voronka_core::crypto::SecretKey;
+use voronka_core::message::{OutboundMessage, Purpose};
+use voronka_core::subscription::{ConsentProof, SubscriptionChange, SubscriptionState};
+use voronka_engine::messaging::telegram::Credentials;
+use voronka_fakes::telegram::{FakeConfig, FakeTelegram};
+use voronka_store::{DynStore, ImportRow, NewChannel, NewOutbound, OutboxState};
+
+const BOTS: u32 = 50;
+const SUBSCRIBERS: u32 = 100;
+const TOTAL: u64 = (BOTS * SUBSCRIBERS) as u64;
+const KILL_AFTER: u64 = 1_500;
+const FIRST_USER: i64 = 7_000_000;
+
+fn token(bot: u32) -> String {
+    format!("{}:CRASHtoken{bot:0>10}", 2000 + bot)
+}
+
+fn user(bot: u32, i: u32) -> i64 {
+    FIRST_USER + i64::from(bot) * i64::from(SUBSCRIBERS) + i64::from(i)
+}
+
+/// A `voronka serve` child, killed hard when dropped.
+struct Server(Child);
+
+impl Server {
+    fn start(dir: &Path, db_url: &str, key: &SecretKey, api: &str, run: u32) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let log = std::fs::File::create(dir.join(format!("server-{run}.log"))).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_voronka"))
+            .arg("serve")
+            .current_dir(dir)
+            .env_remove("VORONKA_CONFIG")
+            .env_remove("RUST_LOG")
+            .env_remove("VORONKA_PUBLIC_URL")
+            .env("VORONKA_DATABASE_URL", db_url)
+            .env("VORONKA_LISTEN", format!("127.0.0.1:{port}"))
+            .env("VORONKA_SECRET_KEY", key.to_base64())
+            .env("VORONKA_TELEGRAM_API_URL", api)
+            .env("VORONKA_OUTBOX_LEASE_SECS", "2")
+            .env("VORONKA_TELEGRAM_POLL_TIMEOUT_SECS", "1")
+            .env("VORONKA_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start voronka serve");
+        Server(child)
+    }
+
+    /// SIGKILL, and reap it.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn count(counts: &[(OutboxState, u64)], state: OutboxState) -> u64 {
+    counts
+        .iter()
+        .find(|(s, _)| *s == state)
+        .map_or(0, |(_, n)| *n)
+}
+
+/// Channels, subscribed contacts and 5,000 queued messages (`m-<n>`).
+async fn prepare(store: &DynStore, key: &SecretKey) {
+    let ws = store.create_workspace("Crash").await.expect("workspace").id;
+    let now = jiff::Timestamp::now();
+    let change = SubscriptionChange::new(
+        SubscriptionState::Subscribed,
+        vec![],
+        Some(ConsentProof {
+            source: "import:crash-test".into(),
+            at: now,
+            text_shown: None,
+            ip: None,
+            message_id: None,
+        }),
+        now,
+    )
+    .expect("subscription");
+    let mut targets = Vec::new();
+    for b in 0..BOTS {
+        let creds = Credentials {
+            token: token(b),
+            webhook_secret: format!("crash-secret-{b}"),
+        };
+        let channel = store
+            .create_channel(
+                ws,
+                NewChannel {
+                    kind: ChannelKind::Telegram,
+                    name: format!("Crash bot {b}"),
+                    credentials: creds.seal(key),
+                    settings: Default::default(),
+                },
+            )
+            .await
+            .expect("channel");
+        let rows = (0..SUBSCRIBERS)
+            .map(|i| ImportRow {
+                line: u64::from(i) + 1,
+                profile: Default::default(),
+                source: Some("crash-test".into()),
+                identity: Some((channel.id, user(b, i).to_string())),
+                subscription: Some(change.clone()),
+                tags: vec![],
+                fields: vec![],
+            })
+            .collect();
+        for o in store.import_contacts(ws, rows).await.expect("import") {
+            let (contact, _) = o.result.expect("imported row");
+            targets.push((contact, channel.id));
+        }
+    }
+    assert_eq!(targets.len() as u64, TOTAL);
+    let mut queued = futures::stream::iter(targets.into_iter().enumerate())
+        .map(|(n, (contact, channel))| async move {
+            store
+                .enqueue_message(
+                    ws,
+                    contact,
+                    NewOutbound {
+                        channel_id: channel,
+                        purpose: Purpose::Marketing,
+                        message: OutboundMessage {
+                            text: Some(format!("m-{n}")),
+                            ..Default::default()
+                        },
+                        source: "crash-test".into(),
+                        run_at: None,
+                    },
+                )
+                .await
+        })
+        .buffer_unordered(32);
+    while let Some(r) = queued.next().await {
+        r.expect("enqueue");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_kill_mid_send_loses_nothing_and_duplicates_only_what_was_in_flight() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db_url = format!("sqlite://{}", dir.path().join("voronka.db").display());
+    let key = SecretKey::generate();
+    let fake = FakeTelegram::start(FakeConfig::default())
+        .await
+        .expect("fake telegram");
+    for b in 0..BOTS {
+        fake.add_bot(&token(b), &format!("crash_{b}_bot"));
+        for i in 0..SUBSCRIBERS {
+            fake.add_user(user(b, i), "User", None, None, None);
+            fake.open_chat(&token(b), user(b, i)).expect("open chat");
+        }
+    }
+    {
+        let store = voronka_store::connect_and_migrate(&db_url)
+            .await
+            .expect("store");
+        prepare(&store, &key).await;
+        // The server must be the only writer.
+        drop(store);
+    }
+    // Let the pool's connections close before another process opens the file.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    println!("prepared {TOTAL} messages in {:.1} s", started.elapsed().as_secs_f64());
+
+    let mut server = Server::start(dir.path(), &db_url, &key, &fake.api_url(), 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fake.stats().sent_messages < KILL_AFTER {
+        assert!(
+            Instant::now() < deadline,
+            "the server sent only {} messages in 30 s; log: {}",
+            fake.stats().sent_messages,
+            std::fs::read_to_string(dir.path().join("server-1.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill();
+    let received_at_kill = fake.stats().sent_messages;
+
+    let store = voronka_store::connect(&db_url).await.expect("reopen store");
+    let counts = store.outbox_counts(None).await.expect("counts");
+    let in_flight = count(&counts, OutboxState::Sending);
+    println!(
+        "killed after the fake received {received_at_kill} messages: store shows sent {}, sending {in_flight}, queued {}",
+        count(&counts, OutboxState::Sent),
+        count(&counts, OutboxState::Queued)
+    );
+
+    server = Server::start(dir.path(), &db_url, &key, &fake.api_url(), 2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts = store.outbox_counts(None).await.expect("counts");
+        let (sent, failed) = (
+            count(&counts, OutboxState::Sent),
+            count(&counts, OutboxState::Failed),
+        );
+        assert_eq!(failed, 0, "messages failed: {counts:?}");
+        if sent == TOTAL {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {sent} of {TOTAL} sent 60 s after the restart: {counts:?}; log: {}",
+            std::fs::read_to_string(dir.path().join("server-2.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.kill();
+
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    let mut received = 0u64;
+    for b in 0..BOTS {
+        for i in 0..SUBSCRIBERS {
+            for m in fake.messages_to(&token(b), user(b, i)) {
+                received += 1;
+                *seen.entry(m.text.unwrap_or_default()).or_default() += 1;
+            }
+        }
+    }
+    let missing: Vec<String> = (0..TOTAL)
+        .map(|n| format!("m-{n}"))
+        .filter(|t| !seen.contains_key(t))
+        .collect();
+    let duplicates = received - TOTAL.min(received);
+    println!("in flight at kill: {in_flight}, duplicates: {duplicates}");
+    println!(
+        "received {received} messages in all, {} distinct; total time {:.1} s",
+        seen.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(missing.is_empty(), "never delivered: {} e.g. {:?}", missing.len(), missing.first());
+    assert_eq!(seen.len() as u64, TOTAL, "unexpected texts received");
+    assert!(
+        duplicates <= in_flight,
+        "{duplicates} duplicates but only {in_flight} were in flight at the kill"
+    );
+    println!("429s from the fake: {}", fake.stats().rate_limited_429);
+    fake.shutdown();
+}
