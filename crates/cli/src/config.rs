@@ -33,6 +33,9 @@ pub const KEYS: [&str; 9] = [
     "outbox_lease_secs",
 ];
 
+/// Keys whose values are numbers.
+const NUMERIC_KEYS: [&str; 2] = ["telegram_poll_timeout_secs", "outbox_lease_secs"];
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -106,11 +109,20 @@ impl Config {
         }
         // Only the known keys: other VORONKA_* variables (VORONKA_PASSWORD…) are not
         // configuration.
-        let vars: BTreeMap<String, String> = env
+        // Variables are text; numeric keys are parsed here so `VORONKA_OUTBOX_LEASE_SECS=2`
+        // works (a value that is no number stays text and is refused by name below).
+        let vars: BTreeMap<String, serde_json::Value> = env
             .into_iter()
             .filter_map(|(k, v)| {
                 let key = k.strip_prefix("VORONKA_")?.to_ascii_lowercase();
-                KEYS.contains(&key.as_str()).then_some((key, v))
+                if !KEYS.contains(&key.as_str()) {
+                    return None;
+                }
+                let value = match v.trim().parse::<u64>() {
+                    Ok(n) if NUMERIC_KEYS.contains(&key.as_str()) => serde_json::Value::from(n),
+                    _ => serde_json::Value::String(v),
+                };
+                Some((key, value))
             })
             .collect();
         figment = figment.merge(Serialized::globals(vars));
@@ -352,6 +364,30 @@ mod tests {
             .expect_err("bad format")
             .to_string();
         assert!(e.contains("log_format"), "{e}");
+        // Numbers from the environment are numbers; text where a number belongs is named.
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("VORONKA_OUTBOX_LEASE_SECS", "2"),
+                ("VORONKA_TELEGRAM_POLL_TIMEOUT_SECS", "1"),
+                ("VORONKA_TELEGRAM_API_URL", "http://127.0.0.1:8081"),
+            ]),
+        )
+        .expect("numbers from the environment");
+        let m = c.messaging().expect("messaging settings");
+        assert_eq!(m.outbox_lease, std::time::Duration::from_secs(2));
+        assert_eq!(m.poll_timeout, std::time::Duration::from_secs(1));
+        assert_eq!(m.telegram_api_url, "http://127.0.0.1:8081");
+        let e = Config::load(Some(&file), env(&[("VORONKA_OUTBOX_LEASE_SECS", "soon")]))
+            .expect_err("not a number")
+            .to_string();
+        assert!(e.contains("VORONKA_OUTBOX_LEASE_SECS"), "{e}");
+        let e = Config::load(Some(&file), env(&[("VORONKA_TELEGRAM_API_URL", "ftp://x")]))
+            .expect("loads")
+            .messaging()
+            .expect_err("not http")
+            .to_string();
+        assert!(e.contains("telegram_api_url"), "{e}");
     }
 
     #[test]

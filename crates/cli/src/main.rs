@@ -157,7 +157,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some((token, name)) if token.contains(':') && !name.is_empty() => {
                         parsed.push((token.to_string(), name.to_string()))
                     }
-                    _ => anyhow::bail!("--bot {b}: expected TOKEN:USERNAME, e.g. 123456:ABCdef:my_bot"),
+                    _ => anyhow::bail!(
+                        "--bot {b}: expected TOKEN:USERNAME, e.g. 123456:ABCdef:my_bot"
+                    ),
                 }
             }
             let config = voronka_fakes::telegram::FakeConfig {

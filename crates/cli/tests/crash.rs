@@ -49,6 +49,7 @@ impl Server {
             .env("VORONKA_LISTEN", format!("127.0.0.1:{port}"))
             .env("VORONKA_SECRET_KEY", key.to_base64())
             .env("VORONKA_TELEGRAM_API_URL", api)
+            // A short lease: messages in flight at the kill are retried after 2 s.
             .env("VORONKA_OUTBOX_LEASE_SECS", "2")
             .env("VORONKA_TELEGRAM_POLL_TIMEOUT_SECS", "1")
             .env("VORONKA_LOG_LEVEL", "warn")
@@ -182,7 +183,10 @@ async fn a_hard_kill_mid_send_loses_nothing_and_duplicates_only_what_was_in_flig
     }
     // Let the pool's connections close before another process opens the file.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    println!("prepared {TOTAL} messages in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "prepared {TOTAL} messages in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     let mut server = Server::start(dir.path(), &db_url, &key, &fake.api_url(), 1);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -249,7 +253,12 @@ async fn a_hard_kill_mid_send_loses_nothing_and_duplicates_only_what_was_in_flig
         seen.len(),
         started.elapsed().as_secs_f64()
     );
-    assert!(missing.is_empty(), "never delivered: {} e.g. {:?}", missing.len(), missing.first());
+    assert!(
+        missing.is_empty(),
+        "never delivered: {} e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
     assert_eq!(seen.len() as u64, TOTAL, "unexpected texts received");
     assert!(
         duplicates <= in_flight,

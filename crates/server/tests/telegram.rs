@@ -36,6 +36,7 @@ struct App {
     key: String,
     ws: WorkspaceId,
     fake: FakeTelegram,
+    secret: SecretKey,
     messaging: Arc<Messaging>,
     _db: TestStore,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -69,7 +70,8 @@ async fn start(backend: Backend, mode: Mode) -> Option<App> {
         outbox_lease: Duration::from_secs(5),
         ..Default::default()
     };
-    let messaging = Messaging::new(store.clone(), SecretKey::generate(), config);
+    let secret = SecretKey::generate();
+    let messaging = Messaging::new(store.clone(), secret.clone(), config);
     messaging.start().await.expect("start messaging");
     let state = AppState::with_messaging(messaging.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -100,6 +102,7 @@ async fn start(backend: Backend, mode: Mode) -> Option<App> {
         key: g.token,
         ws,
         fake,
+        secret,
         messaging,
         _db: db,
         stop: Some(stop),
@@ -411,6 +414,35 @@ async fn the_whole_journey(backend: Backend, mode: Mode) {
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
         let body: Value = res.json().await.expect("json");
         assert_eq!(body["error"]["code"], "bad_signature");
+    }
+    // With the right secret, a body that is not an update is a 400 naming the problem.
+    let ch = app
+        .store
+        .get_channel(app.ws, channel)
+        .await
+        .expect("channel");
+    let creds = voronka_engine::messaging::telegram::Credentials::open(&app.secret, &ch)
+        .expect("credentials");
+    for body in [
+        &b"{not json"[..],
+        &br#"{"message":{"text":"no update id"}}"#[..],
+    ] {
+        let res = app
+            .http
+            .post(format!("{}/hooks/telegram/{channel}", app.base))
+            .header("X-Telegram-Bot-Api-Secret-Token", &creds.webhook_secret)
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("malformed hook");
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        let body: Value = res.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "malformed_update");
+        assert!(!body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty());
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(app.contact_of(channel, BORIS).await.is_none());

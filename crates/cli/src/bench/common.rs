@@ -61,7 +61,10 @@ impl Db {
                     schema,
                 },
             };
-            db.store.migrate().await.context("cannot migrate PostgreSQL")?;
+            db.store
+                .migrate()
+                .await
+                .context("cannot migrate PostgreSQL")?;
             Ok(db)
         } else {
             let dir = std::env::temp_dir().join(format!("voronka-bench-{stamp}"));
@@ -166,7 +169,11 @@ pub(super) fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Waits until `GET url` answers with a success.
-pub(super) async fn wait_ready(http: &reqwest::Client, url: &str, within: Duration) -> anyhow::Result<()> {
+pub(super) async fn wait_ready(
+    http: &reqwest::Client,
+    url: &str,
+    within: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     loop {
         match http.get(url).send().await {

@@ -97,18 +97,34 @@ pub async fn run(args: DeliveryBench) -> anyhow::Result<ExitCode> {
             Some(secs) => {
                 let rate = o.sent as f64 / secs;
                 let ratio = rate / allowed;
-                out!("{b} elapsed                  {secs:.2} s (first send seen after {:.2} s)", o.first_sent_after.unwrap_or(f64::NAN));
+                out!(
+                    "{b} elapsed                  {secs:.2} s (first send seen after {:.2} s)",
+                    o.first_sent_after.unwrap_or(f64::NAN)
+                );
                 out!("{b} achieved rate            {rate:.0} msg/s");
-                out!("{b} allowed rate             {allowed:.0} msg/s ({} bots x {BOT_RATE}/s)", args.bots);
-                out!("{b} achieved / allowed       {ratio:.3}   target >= {TARGET_RATIO}   {}", verdict(ratio >= TARGET_RATIO));
+                out!(
+                    "{b} allowed rate             {allowed:.0} msg/s ({} bots x {BOT_RATE}/s)",
+                    args.bots
+                );
+                out!(
+                    "{b} achieved / allowed       {ratio:.3}   target >= {TARGET_RATIO}   {}",
+                    verdict(ratio >= TARGET_RATIO)
+                );
             }
             None => out!("{b} elapsed                  not measured"),
         }
         match o.rate_limited {
-            Some(n) => out!("{b} 429s received            {n}   target 0   {}", verdict(n == 0)),
+            Some(n) => out!(
+                "{b} 429s received            {n}   target 0   {}",
+                verdict(n == 0)
+            ),
             None => out!("{b} 429s received            not measured"),
         }
-        out!("{b} failed                   {}   target 0   {}", o.failed, verdict(o.failed == 0));
+        out!(
+            "{b} failed                   {}   target 0   {}",
+            o.failed,
+            verdict(o.failed == 0)
+        );
         out!(
             "{b} max RSS (this process)   {:.1} MB   target <= {TARGET_RSS_MB:.0} MB   {}",
             o.max_rss_mb,
@@ -150,7 +166,11 @@ impl FakeChild {
     }
 
     async fn post(&self, http: &reqwest::Client, path: &str, body: Value) -> anyhow::Result<Value> {
-        let r = http.post(format!("{}{path}", self.url)).json(&body).send().await?;
+        let r = http
+            .post(format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await?;
         let status = r.status();
         let v: Value = r.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
@@ -174,7 +194,11 @@ impl FakeChild {
     }
 }
 
-async fn measure(out: &mut Outcome, args: &DeliveryBench, backend: BackendChoice) -> anyhow::Result<()> {
+async fn measure(
+    out: &mut Outcome,
+    args: &DeliveryBench,
+    backend: BackendChoice,
+) -> anyhow::Result<()> {
     let name = out.backend;
     let http = reqwest::Client::builder()
         .no_proxy()
@@ -182,7 +206,12 @@ async fn measure(out: &mut Outcome, args: &DeliveryBench, backend: BackendChoice
         .build()?;
     let fake = FakeChild::spawn(&http).await?;
     let db = Db::fresh(backend, &args.pg_url).await?;
-    out!("== delivery on {name}: {}; fake Telegram at {} (pid {})", db.label, fake.url, fake.child.id().unwrap_or(0));
+    out!(
+        "== delivery on {name}: {}; fake Telegram at {} (pid {})",
+        db.label,
+        fake.url,
+        fake.child.id().unwrap_or(0)
+    );
     let result = measure_inner(out, args, &db, &fake, &http).await;
     fake.kill().await;
     db.remove().await;
@@ -205,8 +234,12 @@ async fn measure_inner(
     let mut targets = Vec::with_capacity(out.messages as usize);
     for i in 0..args.bots {
         let token = format!("{}:BENCHtoken{i:0>10}", 1000 + i);
-        fake.post(http, "/_fake/bots", json!({"token": token, "username": format!("bench_{i}_bot")}))
-            .await?;
+        fake.post(
+            http,
+            "/_fake/bots",
+            json!({"token": token, "username": format!("bench_{i}_bot")}),
+        )
+        .await?;
         let first = FIRST_USER + i64::from(i) * subs;
         fake.post(
             http,
@@ -262,7 +295,9 @@ async fn measure_inner(
                             channel_id: channel,
                             purpose: Purpose::Marketing,
                             message: OutboundMessage {
-                                text: Some(format!("Spring sale, message {n}: everything -20% until Sunday.")),
+                                text: Some(format!(
+                                    "Spring sale, message {n}: everything -20% until Sunday."
+                                )),
                                 ..Default::default()
                             },
                             source: "bench".into(),
@@ -276,7 +311,7 @@ async fn measure_inner(
     while let Some(r) = results.next().await {
         r.context("cannot queue a message")?;
         queued += 1;
-        if queued % step == 0 {
+        if queued.is_multiple_of(step) {
             rss = rss.max(own_rss_mb().unwrap_or(0.0));
             out!("{name}: queued {queued}/{total}");
         }
@@ -338,7 +373,10 @@ async fn measure_inner(
     out.rate_limited = stats.get("rate_limited_429").and_then(Value::as_u64);
     out!(
         "{name}: done in {elapsed:.2} s; the fake counted {} messages, {} refused with 429",
-        stats.get("sent_messages").and_then(Value::as_u64).unwrap_or(0),
+        stats
+            .get("sent_messages")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
         out.rate_limited.unwrap_or(0)
     );
     Ok(())
