@@ -437,19 +437,11 @@ async fn drive_server(port: u16, token: &str, pid: u32) -> anyhow::Result<f64> {
         let _ = r.bytes().await?;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .context("cannot read the server's memory from /proc")?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS in /proc status")?;
-    Ok(kb / 1024.0)
+    common::rss_mb(&pid.to_string()).context("cannot read the server's memory from /proc")
 }
 
 fn print_summary(outcomes: &[Outcome]) {
-    let verdict = |ok: bool| if ok { "ok" } else { "MISSED" };
+    let verdict = common::verdict;
     out!("");
     out!("summary                 measured            target        result");
     for o in outcomes {

@@ -46,8 +46,7 @@ const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 /// What every handler shares: the store, the credentials key, and in-memory state.
 #[derive(Clone)]
 pub struct AppState {
-    store: DynStore,
-    secret: SecretKey,
+    /// Holds the store and the credentials key too.
     messaging: Arc<Messaging>,
     touched: Arc<Mutex<HashMap<ApiKeyId, Instant>>>,
     metrics: ::metrics_exporter_prometheus::PrometheusHandle,
@@ -56,8 +55,8 @@ pub struct AppState {
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
-            .field("backend", &self.store.backend())
-            .field("secret", &self.secret)
+            .field("backend", &self.store().backend())
+            .field("secret", self.secret())
             .finish_non_exhaustive()
     }
 }
@@ -74,8 +73,6 @@ impl AppState {
     /// Builds the state around a messaging runtime (started by the caller).
     pub fn with_messaging(messaging: Arc<Messaging>) -> Self {
         Self {
-            store: messaging.store().clone(),
-            secret: messaging.secret_key().clone(),
             messaging,
             touched: Arc::new(Mutex::new(HashMap::new())),
             metrics: metrics::handle(),
@@ -84,7 +81,7 @@ impl AppState {
 
     /// The store.
     pub fn store(&self) -> &DynStore {
-        &self.store
+        self.messaging.store()
     }
 
     /// The messaging runtime.
@@ -94,7 +91,7 @@ impl AppState {
 
     /// The key that seals channel credentials.
     pub fn secret(&self) -> &SecretKey {
-        &self.secret
+        self.messaging.secret_key()
     }
 
     /// Records that `key` authenticated a request: updates `last_used_at` in the
@@ -112,7 +109,7 @@ impl AppState {
             Err(_) => false,
         };
         if due {
-            let store = self.store.clone();
+            let store = self.store().clone();
             tokio::spawn(async move {
                 if let Err(e) = store.touch_api_key(key, jiff::Timestamp::now()).await {
                     tracing::warn!(error = %e, key = %key, "cannot record API key use");

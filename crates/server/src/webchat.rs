@@ -98,14 +98,14 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// A hosted page with nothing but the chat: a link to share, and the page the widget's
 /// own tests and the demo open.
-async fn page(State(state): State<AppState>, Path(raw): Path<String>) -> Response {
-    let rt = match channel(&state, &raw).await {
-        Ok(rt) => rt,
-        Err(e) => return e.into_response(),
-    };
+async fn page(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let rt = channel(&state, &raw).await?;
     let name = html_escape(&rt.channel.name);
     let id = rt.channel.id;
-    Html(format!(
+    Ok(Html(format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -116,7 +116,7 @@ async fn page(State(state): State<AppState>, Path(raw): Path<String>) -> Respons
 <script src="/widget.js" data-channel="{id}" data-target="voronka-chat"></script>
 </body></html>"#
     ))
-    .into_response()
+    .into_response())
 }
 
 fn html_escape(s: &str) -> String {
@@ -127,13 +127,13 @@ fn html_escape(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-async fn new_visitor(State(state): State<AppState>, Path(raw): Path<String>) -> Response {
-    let rt = match channel(&state, &raw).await {
-        Ok(rt) => rt,
-        Err(e) => return e.into_response(),
-    };
+async fn new_visitor(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let rt = channel(&state, &raw).await?;
     let (visitor, token) = webchat::new_visitor(state.secret(), rt.channel.id);
-    (
+    Ok((
         StatusCode::CREATED,
         axum::Json(json!({
             "visitor": visitor,
@@ -142,7 +142,7 @@ async fn new_visitor(State(state): State<AppState>, Path(raw): Path<String>) -> 
             "consent_text": rt.channel.settings.consent_text,
         })),
     )
-        .into_response()
+        .into_response())
 }
 
 /// One line of history as the widget shows it.
@@ -174,30 +174,17 @@ async fn history(
     State(state): State<AppState>,
     Path(raw): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    let rt = match channel(&state, &raw).await {
-        Ok(rt) => rt,
-        Err(e) => return e.into_response(),
-    };
-    let visitor = match visitor(&state, &rt, bearer(&headers)) {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let rt = channel(&state, &raw).await?;
+    let visitor = visitor(&state, &rt, bearer(&headers))?;
     let ws = rt.channel.workspace_id;
-    let identity = match state
+    let identity = state
         .store()
         .find_identity(ws, rt.channel.id, &visitor)
-        .await
-    {
-        Ok(i) => i,
-        Err(e) => return ApiError::from(e).into_response(),
-    };
+        .await?;
     let (items, consented) = match identity {
         Some(i) => {
-            let items = match state.store().conversation(ws, i.id, 200).await {
-                Ok(items) => items,
-                Err(e) => return ApiError::from(e).into_response(),
-            };
+            let items = state.store().conversation(ws, i.id, 200).await?;
             (
                 items.iter().filter_map(widget_item).collect::<Vec<_>>(),
                 i.subscription.state == voronka_core::subscription::SubscriptionState::Subscribed,
@@ -205,12 +192,12 @@ async fn history(
         }
         None => (Vec::new(), false),
     };
-    axum::Json(json!({
+    Ok(axum::Json(json!({
         "consented": consented,
         "consent_text": rt.channel.settings.consent_text,
         "items": items,
     }))
-    .into_response()
+    .into_response())
 }
 
 /// What the widget posts.
@@ -230,14 +217,13 @@ struct VisitorMessage {
     reference: Option<String>,
 }
 
-fn invalid(field: &str, message: &str) -> Response {
+fn invalid(field: &str, message: &str) -> ApiError {
     ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation_failed",
         message,
     )
     .with_detail("field", field)
-    .into_response()
 }
 
 async fn post_message(
@@ -245,22 +231,15 @@ async fn post_message(
     Path(raw): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let rt = match channel(&state, &raw).await {
-        Ok(rt) => rt,
-        Err(e) => return e.into_response(),
-    };
-    let visitor = match visitor(&state, &rt, bearer(&headers)) {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
-    let msg: VisitorMessage = match serde_json::from_slice(&body) {
-        Ok(m) => m,
-        Err(e) => {
-            return ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())
-                .into_response()
-        }
-    };
+) -> Result<Response, ApiError> {
+    let rt = channel(&state, &raw).await?;
+    let visitor = visitor(&state, &rt, bearer(&headers))?;
+    let msg: VisitorMessage = serde_json::from_slice(&body).map_err(|e| {
+        refused(
+            &rt,
+            ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()),
+        )
+    })?;
     let client_id = msg.client_id.trim();
     if client_id.is_empty()
         || client_id.len() > 64
@@ -268,19 +247,23 @@ async fn post_message(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
-        return invalid("client_id", "must be 1 to 64 letters, digits, - or _");
+        return Err(refused(
+            &rt,
+            invalid("client_id", "must be 1 to 64 letters, digits, - or _"),
+        ));
     }
     let text_ok = |t: &Option<String>| {
         t.as_deref()
             .is_some_and(|t| !t.trim().is_empty() && t.chars().count() <= 4000)
     };
-    match msg.kind.as_str() {
-        "text" if !text_ok(&msg.text) => return invalid("text", "must be 1 to 4000 characters"),
-        "button" if !text_ok(&msg.payload) => {
-            return invalid("payload", "must be 1 to 4000 characters")
-        }
-        "text" | "button" | "start" | "consent" => {}
-        _ => return invalid("type", "must be text, button, start or consent"),
+    let problem = match msg.kind.as_str() {
+        "text" if !text_ok(&msg.text) => Some(("text", "must be 1 to 4000 characters")),
+        "button" if !text_ok(&msg.payload) => Some(("payload", "must be 1 to 4000 characters")),
+        "text" | "button" | "start" | "consent" => None,
+        _ => Some(("type", "must be text, button, start or consent")),
+    };
+    if let Some((field, message)) = problem {
+        return Err(refused(&rt, invalid(field, message)));
     }
     // The visitor comes from the verified token, never from the body.
     let provider_body = json!({
@@ -291,36 +274,40 @@ async fn post_message(
         "reference": msg.reference,
         "client_id": client_id,
     });
-    let bytes = match serde_json::to_vec(&provider_body) {
-        Ok(b) => b,
-        Err(e) => return ApiError::internal(e).into_response(),
-    };
+    let bytes = serde_json::to_vec(&provider_body).map_err(ApiError::internal)?;
     match state
         .messaging()
         .receive(rt.channel.id, Some(ChannelKind::Webchat), &headers, &bytes)
         .await
     {
-        Ok(r) => (
+        Ok(r) => Ok((
             StatusCode::ACCEPTED,
             axum::Json(json!({"ok": true, "duplicate": r.stored == 0})),
         )
-            .into_response(),
-        Err(ReceiveError::Parse(e)) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            e.to_string(),
-        )
-        .into_response(),
+            .into_response()),
+        Err(ReceiveError::Parse(e)) => Err(refused(
+            &rt,
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                e.to_string(),
+            ),
+        )),
         Err(e) => {
             tracing::error!(channel = %rt.channel.id, error = %e, "cannot store a web chat message");
-            ApiError::new(
+            Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "the message could not be stored; retry",
-            )
-            .into_response()
+            ))
         }
     }
+}
+
+/// Logs a refused visitor message (nothing was stored) and passes the error on.
+fn refused(rt: &Runtime, e: ApiError) -> ApiError {
+    tracing::info!(channel = %rt.channel.id, code = e.code(), "web chat message refused");
+    e
 }
 
 #[derive(Debug, Deserialize)]
@@ -334,15 +321,9 @@ async fn stream(
     State(state): State<AppState>,
     Path(raw): Path<String>,
     Query(q): Query<StreamQuery>,
-) -> Response {
-    let rt = match channel(&state, &raw).await {
-        Ok(rt) => rt,
-        Err(e) => return e.into_response(),
-    };
-    let visitor = match visitor(&state, &rt, Some(&q.token)) {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let rt = channel(&state, &raw).await?;
+    let visitor = visitor(&state, &rt, Some(&q.token))?;
     let rx = state.messaging().hub().subscribe(rt.channel.id.0, &visitor);
     let events = futures::stream::unfold(rx, |mut rx| async move {
         match rx.recv().await {
@@ -360,7 +341,7 @@ async fn stream(
             Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
         }
     });
-    Sse::new(events)
+    Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response()
+        .into_response())
 }

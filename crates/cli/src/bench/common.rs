@@ -153,7 +153,12 @@ pub(super) async fn subscribed_contacts(
 
 /// This process's resident memory in MB.
 pub(super) fn own_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    rss_mb("self")
+}
+
+/// The resident memory of process `pid` (a number, or `self`) in MB, from /proc.
+pub(super) fn rss_mb(pid: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))

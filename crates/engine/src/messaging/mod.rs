@@ -327,12 +327,7 @@ impl Messaging {
     /// webhook (public URL set) or starts polling (no public URL); stops polling for a
     /// disabled or deleted channel.
     pub async fn activate(self: &Arc<Self>, channel: &Channel) {
-        self.invalidate(channel.id);
-        if let Ok(mut p) = self.pollers.lock() {
-            if let Some(h) = p.remove(&channel.id) {
-                h.abort();
-            }
-        }
+        self.deactivate(channel.id);
         if channel.kind != ChannelKind::Telegram || channel.status == ChannelStatus::Disabled {
             return;
         }
@@ -393,11 +388,6 @@ impl Messaging {
     /// Cancelled when the runtime stops.
     pub(crate) fn shutdown_token(&self) -> &CancellationToken {
         &self.shutdown
-    }
-
-    /// The credentials key.
-    pub(crate) fn secret(&self) -> &SecretKey {
-        &self.secret
     }
 
     /// The credentials key (also keys web chat visitor tokens).

@@ -136,7 +136,7 @@ impl Messaging {
 
 /// Registers the webhook or starts the poller for a Telegram channel.
 pub(crate) async fn activate(m: Arc<Messaging>, channel: Channel) {
-    let creds = match Credentials::open(m.secret(), &channel) {
+    let creds = match Credentials::open(m.secret_key(), &channel) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(channel = %channel.id, error = %e, "cannot start the Telegram channel");
@@ -204,6 +204,9 @@ async fn poll(m: Arc<Messaging>, channel: Channel, client: TelegramClient) {
     }
     let mut offset: Option<i64> = None;
     let mut backoff = Duration::from_millis(500);
+    // What was last written to the channel's runtime: a failing poll retries every few
+    // seconds, and the same error need not be stored each time.
+    let mut recorded: Option<String> = channel.runtime.last_error.clone();
     let timeout = m.config().poll_timeout.as_secs().min(50) as u32;
     loop {
         if m.shutdown_token().is_cancelled() {
@@ -242,8 +245,11 @@ async fn poll(m: Arc<Messaging>, channel: Channel, client: TelegramClient) {
             }
             Err(e) => {
                 tracing::warn!(channel = %channel.id, error = %e, "getUpdates failed");
-                m.record_channel_error(&channel, &format!("getUpdates failed: {e}"))
-                    .await;
+                let error = format!("getUpdates failed: {e}");
+                if recorded.as_deref() != Some(error.as_str()) {
+                    m.record_channel_error(&channel, &error).await;
+                    recorded = Some(error);
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {},
                     _ = m.shutdown_token().cancelled() => return,
