@@ -5,6 +5,7 @@
 
 mod common;
 mod delivery;
+mod flows;
 mod inbound;
 
 use anyhow::{bail, Context};
@@ -54,6 +55,11 @@ pub enum BenchCommand {
     /// concurrent senders (target ≥10,000/s on SQLite), then p50/p99/max latency at a
     /// steady 2,000 updates/s (target p99 ≤10 ms).
     Inbound(inbound::InboundBench),
+    /// Flow runtime: steps executed per second on one core for a 5-step flow (target
+    /// ≥20,000 steps/s on SQLite), and the memory of a process with 1,000,000 contacts
+    /// waiting in delays (target ≤150 MB RSS).
+    #[command(subcommand)]
+    Flows(flows::FlowsCommand),
 }
 
 /// Which database to measure.
@@ -108,6 +114,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Import(args) => args,
         BenchCommand::Delivery(args) => return delivery::run(args).await,
         BenchCommand::Inbound(args) => return inbound::run(args).await,
+        BenchCommand::Flows(cmd) => return flows::run(cmd).await,
     };
     if args.contacts == 0 {
         bail!("--contacts must be at least 1");

@@ -21,7 +21,7 @@ pub const DEFAULT_DATA_DIR: &str = "./voronka-data";
 pub const KEY_FILE: &str = "secret.key";
 
 /// Every configuration key; each can be set in the file or as `VORONKA_<KEY>`.
-pub const KEYS: [&str; 9] = [
+pub const KEYS: [&str; 10] = [
     "listen",
     "database_url",
     "public_url",
@@ -31,6 +31,7 @@ pub const KEYS: [&str; 9] = [
     "telegram_api_url",
     "telegram_poll_timeout_secs",
     "outbox_lease_secs",
+    "outgoing_allow",
 ];
 
 /// Keys whose values are numbers.
@@ -70,6 +71,9 @@ pub struct Config {
     /// How long a message being sent stays with its worker before it is retried by
     /// another (after a crash).
     pub outbox_lease_secs: u64,
+    /// Addresses flow HTTP steps may call although they are loopback or private
+    /// (`127.0.0.1, 10.0.0.0/8, [::1]:8080`); everything else private is refused.
+    pub outgoing_allow: String,
 }
 
 impl Default for Config {
@@ -84,6 +88,7 @@ impl Default for Config {
             telegram_api_url: "https://api.telegram.org".to_string(),
             telegram_poll_timeout_secs: 25,
             outbox_lease_secs: 30,
+            outgoing_allow: String::new(),
         }
     }
 }
@@ -167,6 +172,15 @@ impl Config {
             outbox_lease: std::time::Duration::from_secs(self.outbox_lease_secs),
             ..Default::default()
         })
+    }
+
+    /// The flow runtime's settings.
+    pub fn flows(&self) -> anyhow::Result<voronka_engine::flows::FlowsConfig> {
+        let allow = voronka_engine::outgoing::OutgoingPolicy::parse_allow(&self.outgoing_allow)
+            .map_err(|e| anyhow::anyhow!("invalid configuration: `outgoing_allow`: {e}"))?;
+        let mut config = voronka_engine::flows::FlowsConfig::default();
+        config.outgoing.allow = allow;
+        Ok(config)
     }
 
     /// True when the database is PostgreSQL.

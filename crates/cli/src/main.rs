@@ -14,6 +14,8 @@ mod bench;
 mod bootstrap;
 mod config;
 mod contacts;
+mod flow;
+mod flow_test;
 mod telemetry;
 
 use anyhow::Context;
@@ -60,6 +62,9 @@ enum Command {
     /// Import and export contacts as CSV.
     #[command(subcommand)]
     Contacts(contacts::ContactsCommand),
+    /// Work with flow files (chatbot scenarios).
+    #[command(subcommand)]
+    Flow(flow::FlowCommand),
     /// Print the OpenAPI document of the HTTP API (JSON).
     Openapi,
     /// Measure performance.
@@ -143,6 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::User(c) => admin::user(&open(&cfg).await?, c).await,
         Command::Apikey(c) => admin::apikey(&open(&cfg).await?, c).await,
         Command::Contacts(c) => contacts::run(open(&cfg).await?, c).await,
+        Command::Flow(c) => flow::run(&cfg, c).await,
         Command::Bench(c) => bench::run(c).await,
         Command::Fake(FakeCommand::Telegram {
             listen,
@@ -253,10 +259,13 @@ async fn serve(cfg: &config::Config) -> anyhow::Result<()> {
         .start()
         .await
         .context("cannot start the channels")?;
-    let state = voronka_server::AppState::with_messaging(messaging.clone());
+    let flows = voronka_engine::flows::Flows::new(messaging.clone(), cfg.flows()?);
+    flows.start().await.context("cannot start the flows")?;
+    let state = voronka_server::AppState::with_runtime(messaging.clone(), flows.clone());
     voronka_server::serve(listener, state, shutdown_signal())
         .await
         .context("the server failed")?;
+    flows.stop();
     messaging.stop();
     tracing::info!("stopped");
     Ok(())

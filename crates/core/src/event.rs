@@ -49,6 +49,18 @@ pub enum EventKind {
     MessageFailed,
     /// A custom event posted through the API.
     Custom,
+    /// The contact entered a flow; data names the flow, version and trigger.
+    FlowStarted,
+    /// The contact's run of a flow ended (finished, stopped, cancelled or failed).
+    FlowEnded,
+    /// A flow step failed (a template error, an HTTP error); data says which and why.
+    FlowStepFailed,
+    /// A flow handed the conversation to a human operator; the bot is paused.
+    HandedOff,
+    /// A flow asked for an operator's attention.
+    OperatorNotified,
+    /// A conversion (goal) was recorded, with its value.
+    Conversion,
 }
 
 impl EventKind {
@@ -76,6 +88,12 @@ impl EventKind {
             EventKind::MessageRead => "message_read",
             EventKind::MessageFailed => "message_failed",
             EventKind::Custom => "custom",
+            EventKind::FlowStarted => "flow_started",
+            EventKind::FlowEnded => "flow_ended",
+            EventKind::FlowStepFailed => "flow_step_failed",
+            EventKind::HandedOff => "handed_off",
+            EventKind::OperatorNotified => "operator_notified",
+            EventKind::Conversion => "conversion",
         }
     }
 }
@@ -105,6 +123,12 @@ impl std::str::FromStr for EventKind {
             EventKind::MessageRead,
             EventKind::MessageFailed,
             EventKind::Custom,
+            EventKind::FlowStarted,
+            EventKind::FlowEnded,
+            EventKind::FlowStepFailed,
+            EventKind::HandedOff,
+            EventKind::OperatorNotified,
+            EventKind::Conversion,
         ];
         all.into_iter()
             .find(|k| k.as_str() == s)

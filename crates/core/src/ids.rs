@@ -47,3 +47,12 @@ id_type! {
     /// Identifies an outgoing message in the outbox.
     OutboxId,
 }
+
+id_type! {
+    /// Identifies a flow (all its versions).
+    FlowId,
+    /// Identifies one contact's run through a flow version.
+    RunId,
+    /// Identifies a queued flow signal (something that may start or resume runs).
+    SignalId,
+}

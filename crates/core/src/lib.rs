@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 pub mod field;
 pub mod filter;
+pub mod flow;
 pub mod ids;
 pub mod keywords;
 pub mod message;

@@ -52,9 +52,18 @@ impl Role {
                 SchemaWrite,
                 ChannelsRead,
                 MessagesSend,
+                FlowsRead,
+                FlowsWrite,
+                EventsWrite,
             ],
-            Role::Operator => &[ContactsRead, ContactsWrite, ChannelsRead, MessagesSend],
-            Role::Analyst => &[ContactsRead, ChannelsRead],
+            Role::Operator => &[
+                ContactsRead,
+                ContactsWrite,
+                ChannelsRead,
+                MessagesSend,
+                FlowsRead,
+            ],
+            Role::Analyst => &[ContactsRead, ChannelsRead, FlowsRead],
         }
     }
 }
@@ -113,14 +122,23 @@ pub enum Scope {
     /// Send messages to contacts (consent rules still apply).
     #[serde(rename = "messages:send")]
     MessagesSend,
-    /// Manage API keys and users.
+    /// Read flows, their versions, runs and statistics.
+    #[serde(rename = "flows:read")]
+    FlowsRead,
+    /// Create, edit, publish and archive flows; start and release contacts' runs.
+    #[serde(rename = "flows:write")]
+    FlowsWrite,
+    /// Post events about contacts (`order_shipped`) that start or end their runs.
+    #[serde(rename = "events:write")]
+    EventsWrite,
+    /// Manage API keys, users and workspace settings.
     #[serde(rename = "admin")]
     Admin,
 }
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 8] = [
+    pub const ALL: [Scope; 11] = [
         Scope::ContactsRead,
         Scope::ContactsWrite,
         Scope::ContactsErase,
@@ -128,6 +146,9 @@ impl Scope {
         Scope::ChannelsRead,
         Scope::ChannelsWrite,
         Scope::MessagesSend,
+        Scope::FlowsRead,
+        Scope::FlowsWrite,
+        Scope::EventsWrite,
         Scope::Admin,
     ];
 
@@ -141,6 +162,9 @@ impl Scope {
             Scope::ChannelsRead => "channels:read",
             Scope::ChannelsWrite => "channels:write",
             Scope::MessagesSend => "messages:send",
+            Scope::FlowsRead => "flows:read",
+            Scope::FlowsWrite => "flows:write",
+            Scope::EventsWrite => "events:write",
             Scope::Admin => "admin",
         }
     }
@@ -186,5 +210,8 @@ mod tests {
     fn analyst_cannot_write() {
         assert!(!Role::Analyst.scopes().contains(&Scope::ContactsWrite));
         assert!(Role::Owner.scopes().contains(&Scope::Admin));
+        assert!(!Role::Analyst.scopes().contains(&Scope::FlowsWrite));
+        assert!(Role::Analyst.scopes().contains(&Scope::FlowsRead));
+        assert!(Role::Marketer.scopes().contains(&Scope::FlowsWrite));
     }
 }

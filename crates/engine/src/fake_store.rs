@@ -372,3 +372,123 @@ impl AdminStore for FakeStore {
         ni()
     }
 }
+
+#[async_trait]
+impl FlowStore for FakeStore {
+    async fn workspace_settings(&self, _: WorkspaceId) -> Result<WorkspaceSettings> {
+        ni()
+    }
+    async fn set_workspace_settings(&self, _: WorkspaceId, _: WorkspaceSettings) -> Result<()> {
+        ni()
+    }
+    async fn create_topic(&self, _: WorkspaceId, _: Topic) -> Result<Topic> {
+        ni()
+    }
+    async fn list_topics(&self, _: WorkspaceId) -> Result<Vec<Topic>> {
+        ni()
+    }
+    async fn create_flow(&self, _: WorkspaceId, _: &str, _: Value) -> Result<Flow> {
+        ni()
+    }
+    async fn get_flow(&self, _: WorkspaceId, _: FlowId) -> Result<Flow> {
+        ni()
+    }
+    async fn find_flow(&self, _: WorkspaceId, _: &str) -> Result<Option<Flow>> {
+        ni()
+    }
+    async fn list_flows(&self, _: WorkspaceId, _: bool) -> Result<Vec<Flow>> {
+        ni()
+    }
+    async fn update_flow(
+        &self,
+        _: WorkspaceId,
+        _: FlowId,
+        _: Option<String>,
+        _: Option<Value>,
+        _: Option<i64>,
+    ) -> Result<Flow> {
+        ni()
+    }
+    async fn publish_flow(&self, _: WorkspaceId, _: FlowId, _: Value)
+        -> Result<FlowVersion> {
+        ni()
+    }
+    async fn archive_flow(&self, _: WorkspaceId, _: FlowId) -> Result<Flow> {
+        ni()
+    }
+    async fn get_flow_version(&self, _: WorkspaceId, _: FlowId, _: u32)
+        -> Result<FlowVersion> {
+        ni()
+    }
+    async fn published_flows(&self) -> Result<Vec<(Flow, FlowVersion)>> {
+        ni()
+    }
+    async fn get_run(&self, _: WorkspaceId, _: RunId) -> Result<FlowRun> {
+        ni()
+    }
+    async fn list_runs(&self, _: WorkspaceId, _: RunQuery) -> Result<Vec<FlowRun>> {
+        ni()
+    }
+    async fn live_runs(&self, _: WorkspaceId, _: ContactId) -> Result<Vec<FlowRun>> {
+        ni()
+    }
+    async fn run_counts(&self, _: WorkspaceId, _: FlowId) -> Result<Vec<(RunStatus, u64)>> {
+        ni()
+    }
+    async fn ever_ran(&self, _: WorkspaceId, _: ContactId, _: FlowId) -> Result<bool> {
+        ni()
+    }
+    async fn step_counters(&self, _: WorkspaceId, _: FlowId) -> Result<Vec<StepCounter>> {
+        ni()
+    }
+    async fn emit_signal(&self, _: WorkspaceId, _: NewSignal) -> Result<SignalId> {
+        ni()
+    }
+    async fn claim_signals(&self, _: u32, _: std::time::Duration)
+        -> Result<Vec<FlowSignal>> {
+        ni()
+    }
+    async fn fail_signal(&self, _: SignalId, _: &str, _: bool) -> Result<()> {
+        ni()
+    }
+    async fn claim_due_runs(
+        &self,
+        _: Timestamp,
+        _: u32,
+        _: std::time::Duration,
+    ) -> Result<Vec<FlowRun>> {
+        ni()
+    }
+    async fn next_due(&self) -> Result<Option<Timestamp>> {
+        ni()
+    }
+    async fn commit_flow(&self, _: WorkspaceId, _: FlowCommit) -> Result<FlowCommitted> {
+        ni()
+    }
+    async fn contacts_by_field_day(
+        &self,
+        _: WorkspaceId,
+        _: &str,
+        _: &[(u8, u8)],
+        _: Option<ContactId>,
+        _: u32,
+    ) -> Result<Vec<DatedContact>> {
+        ni()
+    }
+    async fn inactive_contacts(
+        &self,
+        _: WorkspaceId,
+        _: Timestamp,
+        _: Timestamp,
+        _: Option<ContactId>,
+        _: u32,
+    ) -> Result<Vec<ContactId>> {
+        ni()
+    }
+    async fn scan_mark(&self, _: WorkspaceId, _: &str) -> Result<Option<Timestamp>> {
+        ni()
+    }
+    async fn set_scan_mark(&self, _: WorkspaceId, _: &str, _: Timestamp) -> Result<()> {
+        ni()
+    }
+}

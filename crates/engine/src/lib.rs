@@ -1,10 +1,12 @@
-//! Voronka's jobs over the store: streamed CSV import and export of contacts, and the
-//! messaging runtime (inbound pipeline, outbox delivery, channel connections). Flows,
-//! timers and broadcasts will live here too.
+//! Voronka's jobs over the store: streamed CSV import and export of contacts, the
+//! messaging runtime (inbound pipeline, outbox delivery, channel connections), the flow
+//! runtime (triggers, durable runs, timers) and guarded outgoing HTTP.
 
 pub mod csv_export;
 pub mod csv_import;
+pub mod flows;
 pub mod messaging;
+pub mod outgoing;
 
 #[cfg(test)]
 mod fake_store;

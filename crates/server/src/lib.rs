@@ -26,6 +26,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 use voronka_core::crypto::SecretKey;
 use voronka_core::ApiKeyId;
+use voronka_engine::flows::{Flows, FlowsConfig};
 use voronka_engine::messaging::{Messaging, MessagingConfig};
 use voronka_store::DynStore;
 
@@ -48,6 +49,7 @@ const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 pub struct AppState {
     /// Holds the store and the credentials key too.
     messaging: Arc<Messaging>,
+    flows: Arc<Flows>,
     touched: Arc<Mutex<HashMap<ApiKeyId, Instant>>>,
     metrics: ::metrics_exporter_prometheus::PrometheusHandle,
 }
@@ -70,10 +72,18 @@ impl AppState {
         Self::with_messaging(messaging)
     }
 
-    /// Builds the state around a messaging runtime (started by the caller).
+    /// Builds the state around a messaging runtime (started by the caller), with a flow
+    /// runtime of default settings that runs nothing in the background.
     pub fn with_messaging(messaging: Arc<Messaging>) -> Self {
+        let flows = Flows::new(messaging.clone(), FlowsConfig::default());
+        Self::with_runtime(messaging, flows)
+    }
+
+    /// Builds the state around the messaging and flow runtimes (started by the caller).
+    pub fn with_runtime(messaging: Arc<Messaging>, flows: Arc<Flows>) -> Self {
         Self {
             messaging,
+            flows,
             touched: Arc::new(Mutex::new(HashMap::new())),
             metrics: metrics::handle(),
         }
@@ -87,6 +97,11 @@ impl AppState {
     /// The messaging runtime.
     pub fn messaging(&self) -> &Arc<Messaging> {
         &self.messaging
+    }
+
+    /// The flow runtime.
+    pub fn flows(&self) -> &Arc<Flows> {
+        &self.flows
     }
 
     /// The key that seals channel credentials.

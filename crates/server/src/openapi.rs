@@ -19,7 +19,7 @@ pub const BEARER: &str = "bearer";
     info(
         title = "Voronka API",
         version = "1",
-        description = "Contacts, channels, tags, fields and API keys of a Voronka workspace. \
+        description = "Contacts, channels, tags, fields, flows and API keys of a Voronka workspace. \
             Authenticate with `Authorization: Bearer <API key>`. Every POST accepts an \
             `Idempotency-Key` header. Errors are `{\"error\":{\"code\",\"message\",\"details\"}}`."
     ),
@@ -33,6 +33,9 @@ pub const BEARER: &str = "bearer";
         (name = "fields", description = "Custom field definitions"),
         (name = "contacts", description = "People, their identities, consent and timeline"),
         (name = "messages", description = "Messages to contacts and their conversations"),
+        (name = "flows", description = "Chatbot scenarios and auto-funnels: drafts, versions, runs"),
+        (name = "events", description = "Events about contacts that start or end flows"),
+        (name = "topics", description = "Subscription topics"),
         (name = "api-keys", description = "API keys of the workspace"),
         (name = "meta", description = "This document"),
         (name = "health", description = "Probes and metrics"),

@@ -7,6 +7,7 @@
 //! Changes to a contact append to its event log in the same transaction.
 
 pub mod error;
+pub mod flows;
 pub mod messaging;
 pub mod model;
 pub mod postgres;
@@ -25,6 +26,7 @@ use voronka_core::subscription::SubscriptionChange;
 use voronka_core::*;
 
 pub use error::{Result, StoreError};
+pub use flows::*;
 pub use messaging::*;
 pub use model::*;
 
@@ -348,6 +350,111 @@ pub trait AdminStore {
     async fn find_text_everywhere(&self, needle: &str) -> Result<Vec<String>>;
 }
 
+/// Flows, their runs, signals, counters, topics and workspace settings.
+#[async_trait]
+pub trait FlowStore {
+    /// Reads the workspace's settings (defaults when never set).
+    async fn workspace_settings(&self, ws: WorkspaceId) -> Result<WorkspaceSettings>;
+    /// Replaces the workspace's settings.
+    async fn set_workspace_settings(&self, ws: WorkspaceId, s: WorkspaceSettings) -> Result<()>;
+
+    /// Creates a topic; conflict `topic_exists` when the key is taken.
+    async fn create_topic(&self, ws: WorkspaceId, topic: Topic) -> Result<Topic>;
+    /// Lists topics by key.
+    async fn list_topics(&self, ws: WorkspaceId) -> Result<Vec<Topic>>;
+
+    /// Creates a draft flow; conflict `flow_name_taken` when the name is used.
+    async fn create_flow(&self, ws: WorkspaceId, name: &str, draft: Value) -> Result<Flow>;
+    /// Reads a flow.
+    async fn get_flow(&self, ws: WorkspaceId, id: FlowId) -> Result<Flow>;
+    /// Finds a flow by exact name.
+    async fn find_flow(&self, ws: WorkspaceId, name: &str) -> Result<Option<Flow>>;
+    /// Lists flows by name (archived ones only when asked).
+    async fn list_flows(&self, ws: WorkspaceId, archived: bool) -> Result<Vec<Flow>>;
+    /// Renames and/or replaces the draft. With `revision`, conflict `flow_changed`
+    /// unless it is the current one; conflict `flow_archived` for an archived flow.
+    async fn update_flow(
+        &self,
+        ws: WorkspaceId,
+        id: FlowId,
+        name: Option<String>,
+        draft: Option<Value>,
+        revision: Option<i64>,
+    ) -> Result<Flow>;
+    /// Freezes `document` (validated by the caller) as the next version, makes it live,
+    /// and sets the draft to it.
+    async fn publish_flow(&self, ws: WorkspaceId, id: FlowId, document: Value)
+        -> Result<FlowVersion>;
+    /// Archives a flow and cancels its live runs (counted as dropped at their step).
+    async fn archive_flow(&self, ws: WorkspaceId, id: FlowId) -> Result<Flow>;
+    /// Reads one version.
+    async fn get_flow_version(&self, ws: WorkspaceId, id: FlowId, version: u32)
+        -> Result<FlowVersion>;
+    /// Every live version of every published flow, in all workspaces (the trigger index).
+    async fn published_flows(&self) -> Result<Vec<(Flow, FlowVersion)>>;
+
+    /// Reads a run.
+    async fn get_run(&self, ws: WorkspaceId, id: RunId) -> Result<FlowRun>;
+    /// Lists runs, newest first.
+    async fn list_runs(&self, ws: WorkspaceId, q: RunQuery) -> Result<Vec<FlowRun>>;
+    /// A contact's live (active or waiting) runs, oldest first.
+    async fn live_runs(&self, ws: WorkspaceId, contact: ContactId) -> Result<Vec<FlowRun>>;
+    /// How many runs of a flow are in each status.
+    async fn run_counts(&self, ws: WorkspaceId, flow: FlowId) -> Result<Vec<(RunStatus, u64)>>;
+    /// Whether the contact ever ran the flow (for `reentry: once`).
+    async fn ever_ran(&self, ws: WorkspaceId, contact: ContactId, flow: FlowId) -> Result<bool>;
+    /// The counters of a flow's steps, all versions.
+    async fn step_counters(&self, ws: WorkspaceId, flow: FlowId) -> Result<Vec<StepCounter>>;
+
+    /// Records a signal.
+    async fn emit_signal(&self, ws: WorkspaceId, signal: NewSignal) -> Result<SignalId>;
+    /// Claims up to `limit` signals, oldest first, for `lease`: unclaimed ones and ones
+    /// whose claim expired. A contact's signals are claimed together (never some by one
+    /// worker and some by another). PostgreSQL uses `FOR UPDATE SKIP LOCKED`.
+    async fn claim_signals(&self, limit: u32, lease: std::time::Duration)
+        -> Result<Vec<FlowSignal>>;
+    /// Gives up on a signal: parked as failed with `error` after too many attempts,
+    /// otherwise released for a retry after its lease.
+    async fn fail_signal(&self, id: SignalId, error: &str, park: bool) -> Result<()>;
+
+    /// Claims up to `limit` waiting runs whose `due_at` ≤ `now` for `lease`.
+    async fn claim_due_runs(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        lease: std::time::Duration,
+    ) -> Result<Vec<FlowRun>>;
+    /// The earliest `due_at` of any waiting run (to sleep until then).
+    async fn next_due(&self) -> Result<Option<Timestamp>>;
+
+    /// Applies one step of execution atomically (see [`FlowCommit`]).
+    async fn commit_flow(&self, ws: WorkspaceId, commit: FlowCommit) -> Result<FlowCommitted>;
+
+    /// Contacts (not erased) whose date field `field_key` falls on one of the
+    /// `(month, day)` pairs, by id after `after`.
+    async fn contacts_by_field_day(
+        &self,
+        ws: WorkspaceId,
+        field_key: &str,
+        days: &[(u8, u8)],
+        after: Option<ContactId>,
+        limit: u32,
+    ) -> Result<Vec<DatedContact>>;
+    /// Contacts (not erased) whose last inbound activity is in `[from, to)`, by id.
+    async fn inactive_contacts(
+        &self,
+        ws: WorkspaceId,
+        from: Timestamp,
+        to: Timestamp,
+        after: Option<ContactId>,
+        limit: u32,
+    ) -> Result<Vec<ContactId>>;
+    /// Reads a scanner's high-water mark.
+    async fn scan_mark(&self, ws: WorkspaceId, key: &str) -> Result<Option<Timestamp>>;
+    /// Sets a scanner's high-water mark.
+    async fn set_scan_mark(&self, ws: WorkspaceId, key: &str, at: Timestamp) -> Result<()>;
+}
+
 /// The whole storage API.
 pub trait Store:
     WorkspaceStore
@@ -358,6 +465,7 @@ pub trait Store:
     + ContactStore
     + IdempotencyStore
     + MessagingStore
+    + FlowStore
     + AdminStore
     + Send
     + Sync
@@ -373,6 +481,7 @@ impl<T> Store for T where
         + ContactStore
         + IdempotencyStore
         + MessagingStore
+        + FlowStore
         + AdminStore
         + Send
         + Sync

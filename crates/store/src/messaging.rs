@@ -42,6 +42,9 @@ pub struct InboundApply {
     /// `message_queued`). Skipped, not failed, when the identity is blocked or the
     /// purpose needs a consent the identity (after `subscription`) does not have.
     pub replies: Vec<NewReply>,
+    /// A flow signal for the contact, recorded in the same transaction so flows see
+    /// every message exactly once: (kind, data); see [`crate::FlowSignal`].
+    pub signal: Option<(String, Value)>,
 }
 
 /// A message queued as part of processing an inbound event.

@@ -2741,6 +2741,7 @@ async fn case_apply_inbound_creates_contact_once(s: &DynStore) {
             reply(Purpose::Response, "Welcome!", "welcome"),
             reply(Purpose::Marketing, "Our offers", "flow:onboarding"),
         ],
+        signal: None,
     };
     let got = s.apply_inbound(a, id, apply.clone()).await.expect("apply");
     assert!(got.contact_created && got.subscription_changed && !got.already_done);
@@ -2835,6 +2836,7 @@ async fn case_apply_inbound_creates_contact_once(s: &DynStore) {
                 subscription: Some(subscribed("telegram_start", &[])),
                 events: vec![(EventKind::MessageReceived, json!({"text": "hello"}))],
                 replies: vec![reply(Purpose::Response, "Thanks", "auto_reply")],
+                signal: None,
             },
         )
         .await

@@ -6,7 +6,8 @@
 //! error so it cannot block the ones behind it.
 
 use super::plan::{self, Context};
-use super::Messaging;
+use super::{Messaging, Routing};
+use voronka_core::subscription::SubscriptionState;
 use jiff::Timestamp;
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,10 +98,40 @@ async fn apply(m: &Messaging, record: InboundRecord) -> Result<(), StoreError> {
         answered_payload,
         now: Timestamp::now(),
     };
-    let plan = plan::plan(&record.event, &cx);
+    let mut plan = plan::plan(&record.event, &cx);
+    let hook = m.flow_hook();
+    if let Some(hook) = &hook {
+        let now_subscribed = plan
+            .apply
+            .subscription
+            .as_ref()
+            .is_some_and(|c| c.state() == SubscriptionState::Subscribed);
+        let before = identity.as_ref().map(|i| i.subscription.state);
+        let routing = Routing {
+            payload: cx.answered_payload.clone(),
+            stop: plan.apply.replies.iter().any(|r| r.source == "stop_reply"),
+            subscribes: now_subscribed && before != Some(SubscriptionState::Subscribed),
+        };
+        let signal = hook
+            .route(&rt.channel, identity.as_ref(), &record.event, &routing)
+            .await?;
+        if signal.as_ref().is_some_and(|(kind, _)| kind == "inbound") {
+            // A flow answers this message: the channel's generic replies stay quiet.
+            plan.apply
+                .replies
+                .retain(|r| r.source != "auto_reply" && r.source != "welcome");
+        }
+        plan.apply.signal = signal;
+    }
+    let has_signal = plan.apply.signal.is_some();
     let applied = store.apply_inbound(ws, record.id, plan.apply).await?;
     if applied.already_done {
         return Ok(());
+    }
+    if has_signal {
+        if let Some(hook) = &hook {
+            hook.wake();
+        }
     }
     if !applied.queued.is_empty() {
         m.wake_outbox();

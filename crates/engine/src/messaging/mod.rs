@@ -108,6 +108,33 @@ pub enum MessagingError {
     Store(#[from] StoreError),
 }
 
+/// What the inbound processor asks the flow engine about each event.
+#[async_trait::async_trait]
+pub trait FlowHook: Send + Sync {
+    /// Whether flows take this event: the signal to record with it (kind, data), or
+    /// `None`. `routing` says what the event means after the channel's own rules.
+    async fn route(
+        &self,
+        channel: &Channel,
+        identity: Option<&voronka_store::Identity>,
+        event: &voronka_core::message::InboundEvent,
+        routing: &Routing,
+    ) -> Result<Option<(String, serde_json::Value)>, StoreError>;
+    /// Called after an event with a signal was committed.
+    fn wake(&self);
+}
+
+/// What an inbound event means, as far as flows care.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Routing {
+    /// The payload of the button it presses or answers.
+    pub payload: Option<String>,
+    /// It is a STOP word (the channel already unsubscribed the contact).
+    pub stop: bool,
+    /// It made the contact subscribed (a new subscriber, or a START).
+    pub subscribes: bool,
+}
+
 /// The messaging runtime shared by the HTTP server and the background workers.
 pub struct Messaging {
     store: DynStore,
@@ -122,6 +149,7 @@ pub struct Messaging {
     pollers: Mutex<HashMap<ChannelId, JoinHandle<()>>>,
     shutdown: CancellationToken,
     limits: Mutex<HashMap<ChannelId, Arc<delivery::Limits>>>,
+    flow_hook: RwLock<Option<Arc<dyn FlowHook>>>,
 }
 
 impl std::fmt::Debug for Messaging {
@@ -154,6 +182,7 @@ impl Messaging {
             pollers: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             limits: Mutex::new(HashMap::new()),
+            flow_hook: RwLock::new(None),
         })
     }
 
@@ -388,6 +417,18 @@ impl Messaging {
     /// Cancelled when the runtime stops.
     pub(crate) fn shutdown_token(&self) -> &CancellationToken {
         &self.shutdown
+    }
+
+    /// Connects the flow engine: from now on inbound events are offered to it.
+    pub fn set_flow_hook(&self, hook: Arc<dyn FlowHook>) {
+        if let Ok(mut h) = self.flow_hook.write() {
+            *h = Some(hook);
+        }
+    }
+
+    /// The flow engine, when connected.
+    pub fn flow_hook(&self) -> Option<Arc<dyn FlowHook>> {
+        self.flow_hook.read().ok().and_then(|h| h.clone())
     }
 
     /// The credentials key (also keys web chat visitor tokens).

@@ -278,6 +278,18 @@ fn new_identity(input: IdentityInput, path: &str, now: Timestamp) -> ApiResult<N
     })
 }
 
+/// Tells the flow runtime about tags newly on a contact, so flows triggered by them
+/// start. The tags are already saved, so a failure here is logged rather than turned
+/// into an error the client would retry.
+async fn flows_see_tags(state: &AppState, ws: WorkspaceId, contact: ContactId, tags: &[String]) {
+    if tags.is_empty() {
+        return;
+    }
+    if let Err(e) = state.flows().tags_added(ws, contact, tags).await {
+        tracing::error!(error = %e, contact = %contact, "cannot tell flows about added tags");
+    }
+}
+
 /// The store checks this too; checking here names the input's JSON path.
 fn check_channel(channels: &[voronka_store::Channel], id: ChannelId, field: &str) -> ApiResult<()> {
     if channels.iter().any(|c| c.id == id) {
@@ -394,6 +406,7 @@ pub async fn create_contact(
             },
         )
         .await?;
+    flows_see_tags(&state, auth.workspace, contact.id, &contact.tags).await;
     Ok(about_contact(StatusCode::CREATED, &contact, contact.id))
 }
 
@@ -470,6 +483,7 @@ pub async fn add_tags(
     let added = store
         .add_tags(auth.workspace, ContactId(id), &names)
         .await?;
+    flows_see_tags(&state, auth.workspace, ContactId(id), &added).await;
     let contact = store.get_contact(auth.workspace, ContactId(id)).await?;
     Ok(about_contact(
         StatusCode::OK,

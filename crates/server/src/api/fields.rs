@@ -61,6 +61,8 @@ pub async fn create_field(
     }
     .validated()?;
     let def = state.store().create_field(auth.workspace, spec).await?;
+    // The flow runtime caches field definitions per workspace.
+    state.flows().invalidate_workspace(auth.workspace);
     Ok((StatusCode::CREATED, axum::Json(def)))
 }
 
@@ -77,5 +79,6 @@ pub async fn delete_field(
         .store()
         .delete_field(auth.workspace, FieldId(id))
         .await?;
+    state.flows().invalidate_workspace(auth.workspace);
     Ok(StatusCode::NO_CONTENT)
 }

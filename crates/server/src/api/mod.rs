@@ -4,7 +4,9 @@ pub mod api_keys;
 pub mod channels;
 pub mod contacts;
 pub mod csv;
+pub mod events;
 pub mod fields;
+pub mod flows;
 pub mod messages;
 pub mod query;
 pub mod tags;
@@ -37,6 +39,8 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .merge(fields::routes())
         .merge(contacts::routes())
         .merge(messages::routes())
+        .merge(flows::routes())
+        .merge(events::routes())
         .merge(csv::export_routes())
         .merge(api_keys::routes())
         .routes(utoipa_axum::routes!(crate::openapi::openapi_json))

@@ -202,7 +202,7 @@ async fn load_one(conn: &mut PgConnection, ws: WorkspaceId, id: ContactId) -> Re
 
 /// Links tags (by name, creating missing ones) and appends `tag_added` for each one
 /// newly linked; returns those names in input order.
-async fn link_tags(
+pub(crate) async fn link_tags(
     conn: &mut PgConnection,
     ws: WorkspaceId,
     id: ContactId,
@@ -247,7 +247,7 @@ fn unknown_field() -> StoreError {
 
 /// Upserts field values that differ from the stored ones, appending `field_set` for
 /// each; returns how many changed.
-async fn write_fields(
+pub(crate) async fn write_fields(
     conn: &mut PgConnection,
     ws: WorkspaceId,
     id: ContactId,
@@ -305,6 +305,91 @@ async fn write_fields(
         changed += 1;
     }
     Ok(changed)
+}
+
+/// Removes a tag by name with its `tag_removed` event; returns whether the contact had it.
+pub(crate) async fn unlink_tag(
+    conn: &mut PgConnection,
+    ws: WorkspaceId,
+    id: ContactId,
+    name: &str,
+    now: i64,
+) -> Result<bool> {
+    let n = sqlx::query(
+        "DELETE FROM contact_tags WHERE contact_id = $1
+           AND tag_id = (SELECT id FROM tags WHERE workspace_id = $2 AND name = $3)",
+    )
+    .bind(id.0)
+    .bind(ws.0)
+    .bind(name)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if n > 0 {
+        insert_event(
+            conn,
+            ws,
+            id,
+            EventKind::TagRemoved,
+            &json!({ "tag": name }),
+            now,
+        )
+        .await?;
+    }
+    Ok(n > 0)
+}
+
+/// Replaces a contact's profile (`current` is the stored one) with `profile_updated`
+/// naming the changed attributes; returns whether anything changed.
+pub(crate) async fn write_profile(
+    conn: &mut PgConnection,
+    ws: WorkspaceId,
+    id: ContactId,
+    current: &Profile,
+    profile: &Profile,
+    now: i64,
+) -> Result<bool> {
+    let changed: Vec<&str> = Profile::ATTRIBUTES
+        .iter()
+        .zip(
+            Profile::values(current)
+                .iter()
+                .zip(Profile::values(profile)),
+        )
+        .filter(|(_, (a, b))| **a != *b)
+        .map(|(n, _)| *n)
+        .collect();
+    if changed.is_empty() {
+        return Ok(false);
+    }
+    let p = profile;
+    sqlx::query(
+        "UPDATE contacts SET first_name = $2, last_name = $3, username = $4, language = $5, time_zone = $6,
+             phone = $7, email = $8, avatar_url = $9, updated_at = $10
+         WHERE id = $1",
+    )
+    .bind(id.0)
+    .bind(&p.first_name)
+    .bind(&p.last_name)
+    .bind(&p.username)
+    .bind(&p.language)
+    .bind(&p.time_zone)
+    .bind(&p.phone)
+    .bind(&p.email)
+    .bind(&p.avatar_url)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    record_change(
+        conn,
+        ws,
+        id,
+        EventKind::ProfileUpdated,
+        &json!({ "changed": changed }),
+        now,
+    )
+    .await?;
+    Ok(true)
 }
 
 /// Appends a subscription history row for `identity`.
@@ -545,45 +630,7 @@ impl ContactStore for PgStore {
         .ok_or(StoreError::not_found("contact"))?;
         refuse_erased(r.try_get("erased_at")?)?;
         let current = rows::profile(&r)?;
-        let changed: Vec<&str> = Profile::ATTRIBUTES
-            .iter()
-            .zip(
-                Profile::values(&current)
-                    .iter()
-                    .zip(Profile::values(&profile)),
-            )
-            .filter(|(_, (a, b))| **a != *b)
-            .map(|(n, _)| *n)
-            .collect();
-        if !changed.is_empty() {
-            let p = &profile;
-            sqlx::query(
-                "UPDATE contacts SET first_name = $2, last_name = $3, username = $4, language = $5, time_zone = $6,
-                     phone = $7, email = $8, avatar_url = $9, updated_at = $10
-                 WHERE id = $1",
-            )
-            .bind(id.0)
-            .bind(&p.first_name)
-            .bind(&p.last_name)
-            .bind(&p.username)
-            .bind(&p.language)
-            .bind(&p.time_zone)
-            .bind(&p.phone)
-            .bind(&p.email)
-            .bind(&p.avatar_url)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            record_change(
-                &mut tx,
-                ws,
-                id,
-                EventKind::ProfileUpdated,
-                &json!({ "changed": changed }),
-                now,
-            )
-            .await?;
-        }
+        write_profile(&mut tx, ws, id, &current, &profile, now).await?;
         let c = load_one(&mut tx, ws, id).await?;
         tx.commit().await?;
         Ok(c)
@@ -661,29 +708,9 @@ impl ContactStore for PgStore {
         let now = now_us();
         let mut tx = self.pool.begin().await?;
         lock_contact(&mut tx, ws, id).await?;
-        let n = sqlx::query(
-            "DELETE FROM contact_tags WHERE contact_id = $1
-               AND tag_id = (SELECT id FROM tags WHERE workspace_id = $2 AND name = $3)",
-        )
-        .bind(id.0)
-        .bind(ws.0)
-        .bind(name)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n > 0 {
-            insert_event(
-                &mut tx,
-                ws,
-                id,
-                EventKind::TagRemoved,
-                &json!({ "tag": name }),
-                now,
-            )
-            .await?;
-        }
+        let removed = unlink_tag(&mut tx, ws, id, name, now).await?;
         tx.commit().await?;
-        Ok(n > 0)
+        Ok(removed)
     }
 
     async fn set_fields(
@@ -949,6 +976,7 @@ impl ContactStore for PgStore {
             let q = if sql.contains("$2") { q.bind(now) } else { q };
             q.execute(&mut *tx).await?;
         }
+        super::flows::erase_flow_data(&mut tx, id, now).await?;
         insert_event(&mut tx, ws, id, EventKind::Erased, &json!({}), now).await?;
         tx.commit().await?;
         Ok(())

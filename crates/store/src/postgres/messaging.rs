@@ -263,6 +263,9 @@ async fn apply_event(
         .await?;
         queued.push(item.id);
     }
+    if let Some((kind, data)) = &apply.signal {
+        super::flows::insert_signal(conn, ws, contact, Some(channel), kind, data, now).await?;
+    }
     sqlx::query(
         "UPDATE inbound_events SET state = 'done', processed_at = $2, contact_id = $3, identity_id = $4
          WHERE id = $1",
@@ -299,6 +302,17 @@ async fn enqueue(
     new: &NewOutbound,
 ) -> Result<OutboxItem> {
     lock_contact(conn, ws, contact).await?;
+    enqueue_locked(conn, ws, contact, new).await
+}
+
+/// Queues a message to a live contact of `ws` whose row the caller locked, enforcing
+/// consent: the part of `enqueue_message` flows share.
+pub(crate) async fn enqueue_locked(
+    conn: &mut PgConnection,
+    ws: WorkspaceId,
+    contact: ContactId,
+    new: &NewOutbound,
+) -> Result<OutboxItem> {
     let channel_ok: bool =
         sqlx::query("SELECT EXISTS (SELECT 1 FROM channels WHERE id = $1 AND workspace_id = $2)")
             .bind(new.channel_id.0)

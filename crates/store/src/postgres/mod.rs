@@ -6,7 +6,8 @@
 //! `accounts` (workspaces, users, API keys, channels), `schema` (tags and field
 //! definitions), `contacts` (one contact at a time), `filter` (ContactFilter → SQL),
 //! `import` (set-based batch upsert), `idempotency`, `messaging` (the inbound event log
-//! and the outbox), and `rows` (row → record decoding).
+//! and the outbox), `flows` (flows, their runs, signals and counters), and `rows` (row →
+//! record decoding).
 //!
 //! All queries are runtime-checked (`sqlx::query` + `Row::get`), so the crate builds
 //! offline without a database.
@@ -14,6 +15,7 @@
 mod accounts;
 mod contacts;
 mod filter;
+mod flows;
 mod idempotency;
 mod import;
 mod messaging;
@@ -49,6 +51,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "messaging",
         include_str!("../../migrations/postgres/0003_messaging.sql"),
+    ),
+    (
+        4,
+        "flows",
+        include_str!("../../migrations/postgres/0004_flows.sql"),
     ),
 ];
 

@@ -307,7 +307,7 @@ pub(crate) fn add_identity_with_events(
 }
 
 /// Adds tags by name with a `tag_added` event each; returns the newly added names.
-fn add_tags_with_events(
+pub(crate) fn add_tags_with_events(
     c: &Connection,
     ws: WorkspaceId,
     id: ContactId,
@@ -334,7 +334,7 @@ fn add_tags_with_events(
 
 /// Sets field values with a `field_set` event for each value that changed; returns
 /// whether anything changed.
-fn set_fields_with_events(
+pub(crate) fn set_fields_with_events(
     c: &Connection,
     ws: WorkspaceId,
     id: ContactId,
@@ -360,6 +360,84 @@ fn set_fields_with_events(
         changed = true;
     }
     Ok(changed)
+}
+
+/// Removes a tag by name with its `tag_removed` event; returns whether the contact had it.
+pub(crate) fn remove_tag_with_event(
+    c: &Connection,
+    ws: WorkspaceId,
+    id: ContactId,
+    name: &str,
+    at: Timestamp,
+) -> Result<bool> {
+    let Some(tag) = find_tag(c, ws, name)? else {
+        return Ok(false);
+    };
+    let n = c
+        .prepare_cached("DELETE FROM contact_tags WHERE tag_id = ?1 AND contact_id = ?2")?
+        .execute([tag.0, id.0])?;
+    if n == 0 {
+        return Ok(false);
+    }
+    insert_event(
+        c,
+        ws,
+        id,
+        EventKind::TagRemoved.as_str(),
+        &json!({"tag": name}),
+        at,
+    )?;
+    Ok(true)
+}
+
+/// Replaces a contact's profile with `profile_updated` naming the changed attributes
+/// (and a new `updated_at`); returns whether anything changed.
+pub(crate) fn replace_profile(
+    c: &Connection,
+    ws: WorkspaceId,
+    id: ContactId,
+    profile: &Profile,
+    at: Timestamp,
+) -> Result<bool> {
+    let old = profile_of(c, ws, id)?;
+    let changed: Vec<&str> = Profile::ATTRIBUTES
+        .iter()
+        .zip(
+            Profile::values(&old)
+                .into_iter()
+                .zip(Profile::values(profile)),
+        )
+        .filter(|(_, (a, b))| a != b)
+        .map(|(name, _)| *name)
+        .collect();
+    if changed.is_empty() {
+        return Ok(false);
+    }
+    c.prepare_cached(
+        "UPDATE contacts SET first_name = ?1, last_name = ?2, username = ?3, language = ?4, \
+         time_zone = ?5, phone = ?6, email = ?7, avatar_url = ?8, updated_at = ?9 WHERE id = ?10",
+    )?
+    .execute(params![
+        profile.first_name,
+        profile.last_name,
+        profile.username,
+        profile.language,
+        profile.time_zone,
+        profile.phone,
+        profile.email,
+        profile.avatar_url,
+        us(at),
+        id.0
+    ])?;
+    insert_event(
+        c,
+        ws,
+        id,
+        EventKind::ProfileUpdated.as_str(),
+        &json!({"changed": changed}),
+        at,
+    )?;
+    Ok(true)
 }
 
 fn profile_of(c: &Connection, ws: WorkspaceId, id: ContactId) -> Result<Profile> {
@@ -406,6 +484,7 @@ fn erase(c: &Connection, ws: WorkspaceId, id: ContactId) -> Result<()> {
         "UPDATE inbound_events SET payload = '{}', error = NULL WHERE contact_id = ?1",
         [id.0],
     )?;
+    super::flows::erase_flow_data(c, id, now)?;
     c.execute("DELETE FROM identities WHERE contact_id = ?1", [id.0])?;
     c.execute("DELETE FROM contact_fields WHERE contact_id = ?1", [id.0])?;
     c.execute("DELETE FROM contact_tags WHERE contact_id = ?1", [id.0])?;
@@ -472,34 +551,7 @@ impl ContactStore for SqliteStore {
     ) -> Result<Contact> {
         self.write(move |c| {
             ensure_live_contact(c, ws, id)?;
-            let old = profile_of(c, ws, id)?;
-            let changed: Vec<&str> = Profile::ATTRIBUTES
-                .iter()
-                .zip(Profile::values(&old).into_iter().zip(Profile::values(&profile)))
-                .filter(|(_, (a, b))| a != b)
-                .map(|(name, _)| *name)
-                .collect();
-            if changed.is_empty() {
-                return load_contact(c, ws, id);
-            }
-            let at = now();
-            c.prepare_cached(
-                "UPDATE contacts SET first_name = ?1, last_name = ?2, username = ?3, language = ?4, \
-                 time_zone = ?5, phone = ?6, email = ?7, avatar_url = ?8, updated_at = ?9 WHERE id = ?10",
-            )?
-            .execute(params![
-                profile.first_name,
-                profile.last_name,
-                profile.username,
-                profile.language,
-                profile.time_zone,
-                profile.phone,
-                profile.email,
-                profile.avatar_url,
-                us(at),
-                id.0
-            ])?;
-            insert_event(c, ws, id, EventKind::ProfileUpdated.as_str(), &json!({"changed": changed}), at)?;
+            replace_profile(c, ws, id, &profile, now())?;
             load_contact(c, ws, id)
         })
         .await
@@ -572,18 +624,12 @@ impl ContactStore for SqliteStore {
         let name = name.to_string();
         self.write(move |c| {
             ensure_live_contact(c, ws, id)?;
-            let Some(tag) = find_tag(c, ws, &name)? else {
-                return Ok(false);
-            };
-            let n = c.execute(
-                "DELETE FROM contact_tags WHERE tag_id = ?1 AND contact_id = ?2",
-                [tag.0, id.0],
-            )?;
-            if n == 0 {
-                return Ok(false);
+            let at = now();
+            let removed = remove_tag_with_event(c, ws, id, &name, at)?;
+            if removed {
+                touch_contact(c, id, at)?;
             }
-            record_change(c, ws, id, EventKind::TagRemoved, &json!({"tag": name}))?;
-            Ok(true)
+            Ok(removed)
         })
         .await
     }

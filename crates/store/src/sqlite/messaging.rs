@@ -215,6 +215,9 @@ fn apply_event(
             at,
         )?);
     }
+    if let Some((kind, data)) = &apply.signal {
+        super::flows::insert_signal(c, ws, contact, Some(channel), kind, data, at)?;
+    }
     c.prepare_cached(
         "UPDATE inbound_events SET state = 'done', processed_at = ?1, contact_id = ?2, identity_id = ?3 \
          WHERE id = ?4",
@@ -243,6 +246,18 @@ fn enqueue(
     new: &NewOutbound,
 ) -> Result<OutboxItem> {
     ensure_live_contact(c, ws, contact)?;
+    let id = enqueue_for(c, ws, contact, new)?;
+    get_outbox(c, ws, id)
+}
+
+/// Queues a message to a live contact of `ws` (checked by the caller), enforcing consent:
+/// the part of `enqueue_message` flows share.
+pub(crate) fn enqueue_for(
+    c: &Connection,
+    ws: WorkspaceId,
+    contact: ContactId,
+    new: &NewOutbound,
+) -> Result<OutboxId> {
     if !channel_in(c, ws, new.channel_id)? {
         return Err(StoreError::not_found("channel"));
     }
@@ -260,7 +275,7 @@ fn enqueue(
     consent_for(new.purpose, ident.subscription.state)?;
     let at = now();
     let run_at = new.run_at.unwrap_or(at);
-    let id = queue_message(
+    queue_message(
         c,
         ws,
         &ident,
@@ -269,8 +284,7 @@ fn enqueue(
         &new.source,
         run_at,
         at,
-    )?;
-    get_outbox(c, ws, id)
+    )
 }
 
 /// Marks a claimed message failed, with its `message_failed` event.

@@ -11,14 +11,15 @@
 //! The trait implementations are split by area: [`accounts`] (workspaces, users, API
 //! keys, channels), [`catalog`] (tags and field definitions), [`contacts`] (the contact
 //! base), [`filter`] (SQL for contact filters), [`import`] (bulk upsert), [`idempotency`],
-//! [`messaging`] (the inbound event log and the outbox) and [`admin`] (migrations, ping,
-//! the erasure audit).
+//! [`messaging`] (the inbound event log and the outbox), [`flows`] (flows, their runs,
+//! signals and counters) and [`admin`] (migrations, ping, the erasure audit).
 
 mod accounts;
 mod admin;
 mod catalog;
 mod contacts;
 mod filter;
+mod flows;
 mod idempotency;
 mod import;
 mod messaging;

@@ -29,6 +29,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "messaging",
         sql: include_str!("../../migrations/sqlite/0002_messaging.sql"),
     },
+    Migration {
+        version: 3,
+        name: "flows",
+        sql: include_str!("../../migrations/sqlite/0003_flows.sql"),
+    },
 ];
 
 /// Applies the pending migrations on `conn` (the writer: the caller's savepoint makes

@@ -1,0 +1,405 @@
+//! Flow timers survive a hard kill: 1,000 contacts get a flow's first message and sit in
+//! its 2-second delay, the server process is killed (SIGKILL) and only restarted after
+//! the delay has passed, and each contact gets the next message exactly once.
+
+use futures::StreamExt;
+use serde_json::json;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use voronka_core::channel::ChannelKind;
+use voronka_core::crypto::SecretKey;
+use voronka_core::flow::format::{parse, Format};
+use voronka_core::flow::validate::{validate, Catalog};
+use voronka_core::subscription::{ConsentProof, SubscriptionChange, SubscriptionState};
+use voronka_core::{ContactId, FlowId, WorkspaceId};
+use voronka_engine::messaging::telegram::Credentials;
+use voronka_fakes::telegram::{FakeConfig, FakeTelegram};
+use voronka_store::testing::{fresh_store, Backend, TestStore};
+use voronka_store::{DynStore, ImportRow, NewChannel, NewSignal, OutboxState, RunStatus};
+
+/// Spread over many bots so that delivering 1,000 messages within Telegram's per-bot
+/// rate (which the delivery workers respect) takes well under the delay.
+const BOTS: u32 = 100;
+const PER_BOT: u32 = 10;
+const TOTAL: u64 = (BOTS * PER_BOT) as u64;
+const FIRST_USER: i64 = 8_000_000;
+const STEP_ONE: &str = "Step one";
+const STEP_TWO: &str = "Step two";
+
+const FLOW: &str = r#"
+name: Restart
+triggers:
+  - type: event
+    name: go
+start: first
+steps:
+  - id: first
+    type: send
+    text: Step one
+    next: wait
+  - id: wait
+    type: delay
+    for: 2s
+    next: second
+  - id: second
+    type: send
+    text: Step two
+"#;
+
+/// One scenario at a time: two servers at once would slow each other down past the
+/// delay the test depends on.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn token(bot: u32) -> String {
+    format!("{}:FLOWtoken{bot:0>10}", 3000 + bot)
+}
+
+fn user(bot: u32, i: u32) -> i64 {
+    FIRST_USER + i64::from(bot) * i64::from(PER_BOT) + i64::from(i)
+}
+
+/// A `voronka serve` child, killed hard when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(dir: &Path, db_url: &str, key: &SecretKey, api: &str, run: u32) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let log = std::fs::File::create(dir.join(format!("server-{run}.log"))).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_voronka"))
+            .arg("serve")
+            .current_dir(dir)
+            .env_remove("VORONKA_CONFIG")
+            .env_remove("RUST_LOG")
+            .env_remove("VORONKA_PUBLIC_URL")
+            .env("VORONKA_DATABASE_URL", db_url)
+            .env("VORONKA_LISTEN", format!("127.0.0.1:{port}"))
+            .env("VORONKA_SECRET_KEY", key.to_base64())
+            .env("VORONKA_TELEGRAM_API_URL", api)
+            .env("VORONKA_OUTBOX_LEASE_SECS", "2")
+            .env("VORONKA_TELEGRAM_POLL_TIMEOUT_SECS", "1")
+            .env("VORONKA_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start voronka serve");
+        Server { child, port }
+    }
+
+    async fn wait_ready(&self, dir: &Path, run: u32) {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("http client");
+        let url = format!("http://127.0.0.1:{}/readyz", self.port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = http.get(&url).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not become ready in 30 s; log: {}",
+                server_log(dir, run)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL, and reap it.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn server_log(dir: &Path, run: u32) -> String {
+    std::fs::read_to_string(dir.join(format!("server-{run}.log"))).unwrap_or_default()
+}
+
+fn count<S: PartialEq + Copy>(counts: &[(S, u64)], state: S) -> u64 {
+    counts
+        .iter()
+        .find(|(s, _)| *s == state)
+        .map_or(0, |(_, n)| *n)
+}
+
+/// The contacts' chats, as `(bot token, chat id)`.
+fn chats() -> Vec<(String, i64)> {
+    (0..BOTS)
+        .flat_map(|b| (0..PER_BOT).map(move |i| (token(b), user(b, i))))
+        .collect()
+}
+
+/// How many chats got `text` exactly once, and how many more than once.
+fn tally(fake: &FakeTelegram, text: &str) -> (u64, u64) {
+    let (mut once, mut more) = (0, 0);
+    for (t, chat) in chats() {
+        let n = fake
+            .messages_to(&t, chat)
+            .iter()
+            .filter(|m| m.text.as_deref() == Some(text))
+            .count();
+        match n {
+            0 => {}
+            1 => once += 1,
+            _ => more += 1,
+        }
+    }
+    (once, more)
+}
+
+/// Workspace, bots, subscribed contacts and the published flow.
+async fn seed(store: &DynStore, key: &SecretKey) -> (WorkspaceId, FlowId, Vec<ContactId>) {
+    let ws = store
+        .create_workspace("Restart")
+        .await
+        .expect("workspace")
+        .id;
+    let now = jiff::Timestamp::now();
+    let change = SubscriptionChange::new(
+        SubscriptionState::Subscribed,
+        vec![],
+        Some(ConsentProof {
+            source: "import:flow-restart-test".into(),
+            at: now,
+            text_shown: None,
+            ip: None,
+            message_id: None,
+        }),
+        now,
+    )
+    .expect("subscription");
+    let mut contacts = Vec::new();
+    for b in 0..BOTS {
+        let creds = Credentials {
+            token: token(b),
+            webhook_secret: format!("flow-secret-{b}"),
+        };
+        let channel = store
+            .create_channel(
+                ws,
+                NewChannel {
+                    kind: ChannelKind::Telegram,
+                    name: format!("Flow bot {b}"),
+                    credentials: creds.seal(key),
+                    settings: Default::default(),
+                },
+            )
+            .await
+            .expect("channel");
+        let rows = (0..PER_BOT)
+            .map(|i| ImportRow {
+                line: u64::from(i) + 1,
+                profile: Default::default(),
+                source: Some("flow-restart-test".into()),
+                identity: Some((channel.id, user(b, i).to_string())),
+                subscription: Some(change.clone()),
+                tags: vec![],
+                fields: vec![],
+            })
+            .collect();
+        for o in store.import_contacts(ws, rows).await.expect("import") {
+            contacts.push(o.result.expect("imported row").0);
+        }
+    }
+    assert_eq!(contacts.len() as u64, TOTAL);
+    let doc = parse(FLOW, Format::Yaml).expect("flow parses");
+    let problems = validate(&doc, &Catalog::default());
+    assert!(problems.is_empty(), "flow problems: {problems:?}");
+    let doc = serde_json::to_value(&doc).expect("flow as JSON");
+    let flow = store
+        .create_flow(ws, "Restart", doc.clone())
+        .await
+        .expect("create flow");
+    store
+        .publish_flow(ws, flow.id, doc)
+        .await
+        .expect("publish flow");
+    (ws, flow.id, contacts)
+}
+
+async fn scenario(db: TestStore, backend: &str) {
+    let _one_at_a_time = SERIAL.lock().await;
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = SecretKey::generate();
+    let fake = FakeTelegram::start(FakeConfig::default())
+        .await
+        .expect("fake telegram");
+    for b in 0..BOTS {
+        fake.add_bot(&token(b), &format!("flow_{b}_bot"));
+        for i in 0..PER_BOT {
+            fake.add_user(user(b, i), "User", None, None, None);
+            fake.open_chat(&token(b), user(b, i)).expect("open chat");
+        }
+    }
+    let store = db.store.clone();
+    let (ws, flow, contacts) = seed(&store, &key).await;
+    println!(
+        "{backend}: seeded {TOTAL} contacts on {BOTS} bots and the flow in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut server = Server::start(dir.path(), &db.url, &key, &fake.api_url(), 1);
+    server.wait_ready(dir.path(), 1).await;
+
+    // The `go` event for everyone, as rows the server's signal worker picks up.
+    let emitted = Instant::now();
+    let mut sends = futures::stream::iter(contacts)
+        .map(|contact| {
+            let store = store.clone();
+            async move {
+                store
+                    .emit_signal(
+                        ws,
+                        NewSignal {
+                            contact_id: contact,
+                            channel_id: None,
+                            kind: "event".into(),
+                            data: json!({"name": "go", "data": {}}),
+                        },
+                    )
+                    .await
+            }
+        })
+        .buffer_unordered(32);
+    while let Some(r) = sends.next().await {
+        r.expect("emit signal");
+    }
+    drop(sends);
+    let emit_secs = emitted.elapsed().as_secs_f64();
+
+    // Everyone has the first message, and it is recorded as sent: nothing is in flight.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let counts = store.outbox_counts(None).await.expect("outbox counts");
+        if fake.stats().sent_messages >= TOTAL && count(&counts, OutboxState::Sent) >= TOTAL {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{backend}: after 30 s the fake got {} messages, outbox {counts:?}; log: {}",
+            fake.stats().sent_messages,
+            server_log(dir.path(), 1)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first_secs = emitted.elapsed().as_secs_f64();
+    server.kill();
+    let kill_secs = emitted.elapsed().as_secs_f64();
+    let killed = Instant::now();
+
+    let runs = store.run_counts(ws, flow).await.expect("run counts");
+    let outbox = store.outbox_counts(None).await.expect("outbox counts");
+    println!(
+        "{backend}: {TOTAL} signals emitted in {emit_secs:.2} s; all got \"{STEP_ONE}\" {first_secs:.2} s after the first signal; killed at {kill_secs:.2} s"
+    );
+    println!("{backend}: at the kill: runs {runs:?}; outbox {outbox:?}");
+    let (once, more) = tally(&fake, STEP_ONE);
+    assert_eq!(
+        (once, more),
+        (TOTAL, 0),
+        "\"{STEP_ONE}\" once / more than once"
+    );
+    assert_eq!(
+        fake.stats().sent_messages,
+        TOTAL,
+        "{backend}: \"{STEP_TWO}\" was sent before the kill: the delay ended too early for this test"
+    );
+    assert_eq!(
+        count(&runs, RunStatus::Waiting),
+        TOTAL,
+        "{backend}: not every run sat in the delay at the kill: {runs:?}"
+    );
+
+    // Down for longer than the delay: every timer is overdue at the restart.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let restarted = Instant::now();
+    let down_secs = killed.elapsed().as_secs_f64();
+    let mut server = Server::start(dir.path(), &db.url, &key, &fake.api_url(), 2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut all_done = None;
+    loop {
+        let runs = store.run_counts(ws, flow).await.expect("run counts");
+        if all_done.is_none() && count(&runs, RunStatus::Done) == TOTAL {
+            all_done = Some(restarted.elapsed().as_secs_f64());
+        }
+        let outbox = store.outbox_counts(None).await.expect("outbox counts");
+        if all_done.is_some()
+            && count(&outbox, OutboxState::Sent) == 2 * TOTAL
+            && fake.stats().sent_messages >= 2 * TOTAL
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{backend}: 30 s after the restart: runs {runs:?}, outbox {outbox:?}, the fake got {} messages; log: {}",
+            fake.stats().sent_messages,
+            server_log(dir.path(), 2)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recovered_secs = restarted.elapsed().as_secs_f64();
+    // Anything sent twice would arrive now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill();
+
+    let runs = store.run_counts(ws, flow).await.expect("run counts");
+    let outbox = store.outbox_counts(None).await.expect("outbox counts");
+    println!(
+        "{backend}: down {down_secs:.1} s; after the restart all runs were done in {:.2} s and every \"{STEP_TWO}\" delivered in {recovered_secs:.2} s",
+        all_done.unwrap_or(f64::NAN)
+    );
+    println!("{backend}: at the end: runs {runs:?}; outbox {outbox:?}");
+    for (t, chat) in chats() {
+        let texts: Vec<String> = fake
+            .messages_to(&t, chat)
+            .into_iter()
+            .filter_map(|m| m.text)
+            .collect();
+        assert_eq!(
+            texts,
+            [STEP_ONE, STEP_TWO],
+            "{backend}: chat {chat} of bot {t}"
+        );
+    }
+    assert_eq!(count(&runs, RunStatus::Done), TOTAL, "runs: {runs:?}");
+    assert_eq!(fake.stats().sent_messages, 2 * TOTAL);
+    assert_eq!(count(&outbox, OutboxState::Failed), 0, "outbox: {outbox:?}");
+    println!(
+        "{backend}: every contact got \"{STEP_ONE}\" and \"{STEP_TWO}\" exactly once; 429s from the fake: {}; total {:.1} s",
+        fake.stats().rate_limited_429,
+        started.elapsed().as_secs_f64()
+    );
+    fake.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_contacts_in_a_delay_get_the_next_message_once_after_a_hard_kill() {
+    let db = fresh_store(Backend::Sqlite).await.expect("sqlite");
+    scenario(db, "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_contacts_in_a_delay_get_the_next_message_once_after_a_hard_kill() {
+    let Some(db) = fresh_store(Backend::Postgres).await else {
+        return;
+    };
+    scenario(db, "postgres").await;
+}
