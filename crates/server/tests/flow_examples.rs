@@ -87,7 +87,11 @@ async fn start(backend: Backend, via: Via) -> Option<App> {
         },
     );
     messaging.start().await.expect("start messaging");
-    let flows = Flows::new(messaging.clone(), FlowsConfig::default());
+    let mut config = FlowsConfig::default();
+    // HTTP steps in these tests call a server on this machine.
+    config.outgoing.allow =
+        voronka_engine::outgoing::OutgoingPolicy::parse_allow("127.0.0.1").expect("allow-list");
+    let flows = Flows::new(messaging.clone(), config);
     flows.start().await.expect("start flows");
     let state = AppState::with_runtime(messaging.clone(), flows.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -681,6 +685,134 @@ async fn operator_handoff(backend: Backend, via: Via) {
     assert!(heard[before + 1].starts_with("The manager has finished."), "{heard:?}");
 }
 
+/// An HTTP step against a CRM that answers, one that is too slow, and one that answers
+/// garbage: the good answer is saved and branched on, the others follow `on_error`, and
+/// every run ends healthy.
+async fn http_steps(backend: Backend, via: Via) {
+    use axum::routing::post;
+    let Some(app) = start(backend, via).await else {
+        return;
+    };
+    let crm = axum::Router::new()
+        .route(
+            "/ok",
+            post(|body: String| async move {
+                let contact: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                axum::Json(json!({"lead": {"id": 77, "plan": "pro"}, "echo": contact["first_name"]}))
+            }),
+        )
+        .route(
+            "/slow",
+            post(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        )
+        .route("/garbage", post(|| async { "<html>not json</html>" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let crm_url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, crm).await });
+    let yaml = format!(
+        r#"
+name: CRM
+triggers:
+  - {{ type: keyword, keywords: [ok, slow, garbage] }}
+start: call
+steps:
+  - id: call
+    type: http
+    url: "{crm_url}/{{{{ trigger.text }}}}"
+    timeout: 1s
+    save: {{ "var.lead_id": /lead/id, "var.echo": /echo }}
+    next: check
+    on_error: sorry
+  - id: check
+    type: condition
+    branches:
+      - if: {{ var: {{ name: http.body.lead.plan, op: eq, value: pro }} }}
+        next: done
+    else: sorry
+  - {{ id: done, type: send, text: "Lead {{{{ vars.lead_id }}}} for {{{{ vars.echo }}}}" }}
+  - {{ id: sorry, type: send, text: "The CRM is not answering, we will call you." }}
+"#
+    );
+    let doc = parse(&yaml, Format::Yaml).expect("flow parses");
+    let flow = app
+        .store
+        .create_flow(app.ws, "CRM", serde_json::to_value(&doc).expect("json"))
+        .await
+        .expect("create");
+    if let Err(e) = app.flows.publish(app.ws, flow.id).await {
+        panic!("publish: {e:?}");
+    }
+    for (who, word, answer) in [
+        ("Ok", "ok", "Lead 77 for Ok"),
+        ("Slow", "slow", "The CRM is not answering, we will call you."),
+        ("Garbage", "garbage", "The CRM is not answering, we will call you."),
+    ] {
+        let p = app.person(who).await;
+        let before = app.heard(&p).await.len();
+        app.say(&p, word).await;
+        let heard = app.hear(&p, before + 1).await;
+        assert_eq!(heard[before], answer, "{word}");
+        let c = app.contact(&p).await;
+        let runs = app
+            .store
+            .list_runs(
+                app.ws,
+                RunQuery {
+                    contact_id: Some(c),
+                    limit: 10,
+                    ..RunQuery::default()
+                },
+            )
+            .await
+            .expect("runs");
+        assert_eq!(runs[0].status, RunStatus::Done, "{word}: {:?}", runs[0]);
+    }
+}
+
+/// Publishing a new version leaves runs in flight on theirs; new runs take the new one.
+async fn versions(backend: Backend, via: Via) {
+    let Some(app) = start(backend, via).await else {
+        return;
+    };
+    let flow_yaml = |v: u32| {
+        format!(
+            "triggers: [{{ type: keyword, keywords: [go] }}]\nstart: q\nsteps:\n  - {{ id: q, type: ask, text: \"v{v} question\", next: a }}\n  - {{ id: a, type: send, text: \"v{v} answer to {{{{ answers.q }}}}\" }}\n"
+        )
+    };
+    let doc = |v: u32| {
+        serde_json::to_value(parse(&flow_yaml(v), Format::Yaml).expect("parses")).expect("json")
+    };
+    let flow = app
+        .store
+        .create_flow(app.ws, "Versions", doc(1))
+        .await
+        .expect("create");
+    app.flows.publish(app.ws, flow.id).await.expect("publish v1");
+    let early = app.person("Early").await;
+    let e0 = app.heard(&early).await.len();
+    app.say(&early, "go").await;
+    assert_eq!(app.hear(&early, e0 + 1).await[e0], "v1 question");
+    app.store
+        .update_flow(app.ws, flow.id, None, Some(doc(2)), None)
+        .await
+        .expect("edit the draft");
+    let v2 = app.flows.publish(app.ws, flow.id).await.expect("publish v2");
+    assert_eq!(v2.version, 2);
+    app.say(&early, "yes").await;
+    assert_eq!(app.hear(&early, e0 + 2).await[e0 + 1], "v1 answer to yes");
+    let late = app.person("Late").await;
+    let l0 = app.heard(&late).await.len();
+    app.say(&late, "go").await;
+    assert_eq!(app.hear(&late, l0 + 1).await[l0], "v2 question");
+    let runs = app.runs(flow.id).await;
+    let mut versions: Vec<u32> = runs.iter().map(|r| r.version).collect();
+    versions.sort_unstable();
+    assert_eq!(versions, [1, 2]);
+}
+
 macro_rules! conversation_tests {
     ($($name:ident),* $(,)?) => {
         mod telegram {
@@ -711,6 +843,8 @@ macro_rules! conversation_tests {
 }
 
 conversation_tests!(
+    versions,
+    http_steps,
     lead_magnet,
     quiz,
     webinar_reminders,
