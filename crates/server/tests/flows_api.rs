@@ -292,6 +292,20 @@ async fn flow_lifecycle(h: Harness) {
     assert_eq!(a.json()["draft"]["steps"][0]["for"], "2h");
     assert!(a.problem_codes().is_empty(), "{}", a.text);
 
+    // A YAML file posted as is.
+    let res = h
+        .http
+        .post(format!("{}/api/v1/flows", h.base))
+        .bearer_auth(&k)
+        .header("content-type", "application/yaml")
+        .body(yaml.replace("From YAML", "Raw YAML"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["name"], "Raw YAML");
+
     // What does not read as a flow is refused, saying where, and nothing is saved.
     let a = h
         .post(
@@ -364,7 +378,11 @@ async fn flow_lifecycle(h: Harness) {
         .collect();
     assert_eq!(
         names,
-        BTreeSet::from(["Welcome".to_string(), "From YAML".to_string()])
+        BTreeSet::from([
+            "Welcome".to_string(),
+            "From YAML".to_string(),
+            "Raw YAML".to_string()
+        ])
     );
 
     // Reading computes the problems again.

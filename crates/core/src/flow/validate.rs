@@ -100,6 +100,16 @@ pub struct ChannelLimits {
     pub media: bool,
 }
 
+/// Whether `name` is an event name the events API accepts: 1 to 64 of `a-z 0-9 _ . -`.
+/// Names are matched exactly, so they are kept to an alphabet that cannot be mistyped
+/// by case or spacing.
+pub fn is_event_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+}
+
 /// Checks a document and returns every problem found (none for a good flow).
 pub fn validate(doc: &FlowDocument, catalog: &Catalog) -> Vec<Problem> {
     let mut v = Validator::new(doc, catalog);
@@ -1184,6 +1194,16 @@ impl<'a> Validator<'a> {
                         "name",
                         "bad_trigger",
                         "the event trigger has no event name",
+                    );
+                } else if !is_event_name(name) {
+                    // The events API accepts only these names, so any other never fires.
+                    self.report(
+                        &at,
+                        "name",
+                        "bad_trigger",
+                        &format!(
+                            "`{name}` cannot be an event name: use 1 to 64 lower-case letters, digits, `_`, `.` or `-` (like `order_paid`)"
+                        ),
                     );
                 }
             }
@@ -2382,7 +2402,8 @@ mod tests {
             {"type": "keyword", "match": "any"},
             {"type": "ref", "ref": ""},
             {"type": "button", "payload": " "},
-            {"type": "event", "name": ""}
+            {"type": "event", "name": ""},
+            {"type": "event", "name": "Order Paid"}
         ], "exit_on": [{"type": "keyword", "match": "contains"}]}),
         );
         let problems = check(&d);
@@ -2396,6 +2417,7 @@ mod tests {
                 "triggers[4].ref",
                 "triggers[5].payload",
                 "triggers[6].name",
+                "triggers[7].name",
                 "exit_on[0].keywords"
             ]
         );

@@ -71,11 +71,7 @@ pub struct Accepted {
 /// Checks an event name. Names are matched exactly against flows' triggers, so they are
 /// kept to a small alphabet that cannot be mistyped by case or spacing.
 pub fn event_name(name: &str) -> ApiResult<&str> {
-    let ok = (1..=MAX_EVENT_NAME).contains(&name.len())
-        && name.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
-        });
-    if ok {
+    if voronka_core::flow::validate::is_event_name(name) {
         Ok(name)
     } else {
         Err(ApiError::validation(

@@ -79,6 +79,47 @@ pub struct CreateFlow {
     pub yaml: Option<String>,
 }
 
+/// The body of `POST /flows`: JSON (`CreateFlow`), or a YAML flow file as is
+/// (`Content-Type: application/yaml`), named by its own `name`.
+#[derive(Debug)]
+pub struct CreateBody(pub CreateFlow);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for CreateBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let yaml = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|ct| ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+            .is_some_and(|ct| matches!(ct.as_str(), "application/yaml" | "application/x-yaml" | "text/yaml"));
+        if !yaml {
+            return Json::<CreateFlow>::from_request(req, state)
+                .await
+                .map(|Json(b)| CreateBody(b));
+        }
+        let bytes = bytes::Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is too large",
+                )
+            } else {
+                ApiError::bad_request(format!("cannot read the request body: {}", e.body_text()))
+            }
+        })?;
+        let text = String::from_utf8(bytes.to_vec())
+            .map_err(|_| ApiError::validation("yaml", "the YAML body is not UTF-8 text"))?;
+        Ok(CreateBody(CreateFlow {
+            name: None,
+            document: None,
+            yaml: Some(text),
+        }))
+    }
+}
+
 /// Changes to a flow: an absent key is left alone.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -304,7 +345,8 @@ pub async fn list_flows(
 /// Creates a draft flow. A document that does not read as a flow is refused with 422
 /// `invalid_flow`; one that reads but has problems is kept, and the problems are listed.
 #[utoipa::path(post, path = "/flows", tag = "flows", operation_id = "createFlow",
-    request_body = CreateFlow,
+    request_body(description = "JSON, or a YAML flow file as is (`application/yaml`, named by its `name`)",
+        content((CreateFlow = "application/json"), (String = "application/yaml"))),
     responses(
         (status = 201, description = "Created, with the draft's problems", body = FlowView),
         (status = 409, description = "`flow_name_taken`", body = crate::error::ErrorBody),
@@ -312,7 +354,7 @@ pub async fn list_flows(
 pub async fn create_flow(
     State(state): State<AppState>,
     auth: Need<FlowsWrite>,
-    Json(body): Json<CreateFlow>,
+    CreateBody(body): CreateBody,
 ) -> ApiResult<(StatusCode, axum::Json<FlowView>)> {
     let doc = required(read_source(body.document, body.yaml)?)?;
     let name = match body.name {

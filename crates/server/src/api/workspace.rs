@@ -59,7 +59,10 @@ pub async fn get_settings(
 /// off when `quiet_from` and `quiet_to` are both null.
 #[utoipa::path(put, path = "/workspace/settings", tag = "workspace", operation_id = "putWorkspaceSettings",
     request_body = WorkspaceSettings,
-    responses((status = 200, description = "The settings as saved", body = WorkspaceSettings)))]
+    responses(
+        (status = 200, description = "The settings as saved", body = WorkspaceSettings),
+        (status = 413, description = "Request body too large", body = crate::error::ErrorBody),
+        (status = 415, description = "Unsupported Content-Type", body = crate::error::ErrorBody)))]
 pub async fn put_settings(
     State(state): State<AppState>,
     auth: Need<scope::Admin>,
