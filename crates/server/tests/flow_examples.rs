@@ -499,6 +499,26 @@ async fn lead_magnet(backend: Backend, via: Via) {
     // Nothing more is said.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.heard(&anna).await.len(), before + 4);
+
+    // STOP wins over the question waiting for an answer: the run stops, the channel's
+    // stop reply is the only answer.
+    let boris = app.person("Boris").await;
+    let b0 = app.heard(&boris).await.len();
+    app.say(&boris, "checklist").await;
+    app.hear(&boris, b0 + 2).await;
+    app.say(&boris, "STOP").await;
+    let c = app.contact(&boris).await;
+    eventually("Boris's run stopped", || async {
+        let runs = app.runs(flow).await;
+        runs.iter()
+            .any(|r| r.contact_id == c && r.status == RunStatus::Stopped)
+            .then_some(())
+    })
+    .await;
+    let heard = app.hear(&boris, b0 + 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.heard(&boris).await.len(), b0 + 3, "{heard:?}");
+    assert!(!heard[b0 + 2].starts_with("Hmm"), "{heard:?}");
 }
 
 async fn quiz(backend: Backend, via: Via) {

@@ -19,7 +19,7 @@ use super::BackendChoice;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -84,7 +84,7 @@ impl Default for FlowsConfig {
     fn default() -> Self {
         FlowsConfig {
             signal_lease: Duration::from_secs(30),
-            timer_lease: Duration::from_secs(60),
+            timer_lease: Duration::from_secs(30),
             concurrency: 64,
             scan_interval: Duration::from_secs(60),
             outgoing: OutgoingPolicy::default(),
