@@ -88,6 +88,8 @@ async fn start(backend: Backend, via: Via) -> Option<App> {
     );
     messaging.start().await.expect("start messaging");
     let mut config = FlowsConfig::default();
+    // Date and inactivity triggers are scanned often so clock skips show at once.
+    config.scan_interval = Duration::from_millis(100);
     // HTTP steps in these tests call a server on this machine.
     config.outgoing.allow =
         voronka_engine::outgoing::OutgoingPolicy::parse_allow("127.0.0.1").expect("allow-list");
@@ -833,6 +835,75 @@ async fn versions(backend: Backend, via: Via) {
     assert_eq!(versions, [1, 2]);
 }
 
+/// Birthday-style date triggers and "no activity for a day" fire once when the clock
+/// passes their moment, and not before.
+async fn date_and_inactivity_triggers(backend: Backend, via: Via) {
+    let Some(app) = start(backend, via).await else {
+        return;
+    };
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            "/fields",
+            Some(json!({"key": "birthday", "label": "Birthday", "type": "date"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for (name, yaml) in [
+        (
+            "Birthday",
+            "triggers: [{ type: field_date, field: birthday, at: \"00:00\" }]\nstart: hi\nsteps:\n  - { id: hi, type: send, text: Happy birthday! }\n",
+        ),
+        (
+            "Miss you",
+            "triggers: [{ type: inactivity, after: 1d }]\nstart: hi\nsteps:\n  - { id: hi, type: send, text: We miss you }\n",
+        ),
+    ] {
+        let doc = serde_json::to_value(parse(yaml, Format::Yaml).expect("parses")).expect("json");
+        let flow = app.store.create_flow(app.ws, name, doc).await.expect("create");
+        app.flows.publish(app.ws, flow.id).await.expect("publish");
+    }
+    let p = app.person("Gala").await;
+    let c = app.contact(&p).await;
+    // Born on the day after tomorrow (UTC), some years ago.
+    let day = (app.flows.now() + jiff::SignedDuration::from_hours(48))
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date();
+    // Days 29–31 do not exist in every month: then the birthday is put half a year away
+    // and must not fire.
+    let birthday_passed = day.day() <= 28;
+    let born = if birthday_passed {
+        jiff::civil::date(1990, day.month(), day.day())
+    } else {
+        jiff::civil::date(1990, (day.month() + 5) % 12 + 1, 15)
+    };
+    let (status, body) = app
+        .call(
+            reqwest::Method::POST,
+            &format!("/contacts/{c}/fields"),
+            Some(json!({"fields": {"birthday": born.to_string()}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let before = app.heard(&p).await.len();
+    // Let the scanners take their first look (it only sets their marks).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(app.heard(&p).await.len(), before);
+    // A day and a bit later: inactive for a day, birthday not yet.
+    app.skip(Duration::from_secs(26 * 3600));
+    let heard = app.hear(&p, before + 1).await;
+    assert_eq!(heard[before], "We miss you");
+    // Past midnight of the birthday.
+    app.skip(Duration::from_secs(2 * 24 * 3600));
+    if birthday_passed {
+        let heard = app.hear(&p, before + 2).await;
+        assert_eq!(heard[before + 1], "Happy birthday!");
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let n = app.heard(&p).await.len();
+    assert_eq!(n, before + 1 + usize::from(birthday_passed), "each fires once");
+}
+
 macro_rules! conversation_tests {
     ($($name:ident),* $(,)?) => {
         mod telegram {
@@ -863,6 +934,7 @@ macro_rules! conversation_tests {
 }
 
 conversation_tests!(
+    date_and_inactivity_triggers,
     versions,
     http_steps,
     lead_magnet,
