@@ -238,7 +238,6 @@ impl App {
                     user,
                 };
                 self.web_post(&p, json!({"type": "start"})).await;
-                self.web_post(&p, json!({"type": "consent"})).await;
                 let c = self.contact(&p).await;
                 // Name the visitor so templates have a first name, as Telegram does.
                 self.store
@@ -252,6 +251,8 @@ impl App {
                     )
                     .await
                     .expect("name the visitor");
+                // Consent after naming, so flows welcoming new subscribers see the name.
+                self.web_post(&p, json!({"type": "consent"})).await;
                 eventually("the consent", || async {
                     let i = self
                         .store
@@ -904,6 +905,30 @@ async fn date_and_inactivity_triggers(backend: Backend, via: Via) {
     assert_eq!(n, before + 1 + usize::from(birthday_passed), "each fires once");
 }
 
+/// A new subscriber is welcomed by one flow, which starts another.
+async fn new_subscriber_and_start_flow(backend: Backend, via: Via) {
+    let Some(app) = start(backend, via).await else {
+        return;
+    };
+    for (name, yaml) in [
+        (
+            "Tips",
+            "start: tip\nsteps:\n  - { id: tip, type: send, text: \"Tip 1: reply within 5 minutes\" }\n",
+        ),
+        (
+            "Welcome",
+            "triggers: [{ type: new_subscriber }]\nstart: hi\nsteps:\n  - { id: hi, type: send, text: \"Welcome, {{ contact.first_name }}!\", next: tips }\n  - { id: tips, type: start_flow, flow: Tips }\n",
+        ),
+    ] {
+        let doc = serde_json::to_value(parse(yaml, Format::Yaml).expect("parses")).expect("json");
+        let flow = app.store.create_flow(app.ws, name, doc).await.expect("create");
+        app.flows.publish(app.ws, flow.id).await.expect("publish");
+    }
+    let p = app.person("Lena").await;
+    let heard = app.hear(&p, 2).await;
+    assert_eq!(heard[..2], ["Welcome, Lena!", "Tip 1: reply within 5 minutes"]);
+}
+
 macro_rules! conversation_tests {
     ($($name:ident),* $(,)?) => {
         mod telegram {
@@ -934,6 +959,7 @@ macro_rules! conversation_tests {
 }
 
 conversation_tests!(
+    new_subscriber_and_start_flow,
     date_and_inactivity_triggers,
     versions,
     http_steps,
