@@ -87,9 +87,11 @@ async fn start(backend: Backend, via: Via) -> Option<App> {
         },
     );
     messaging.start().await.expect("start messaging");
-    let mut config = FlowsConfig::default();
-    // Date and inactivity triggers are scanned often so clock skips show at once.
-    config.scan_interval = Duration::from_millis(100);
+    let mut config = FlowsConfig {
+        // Date and inactivity triggers are scanned often so clock skips show at once.
+        scan_interval: Duration::from_millis(100),
+        ..FlowsConfig::default()
+    };
     // HTTP steps in these tests call a server on this machine.
     config.outgoing.allow =
         voronka_engine::outgoing::OutgoingPolicy::parse_allow("127.0.0.1").expect("allow-list");

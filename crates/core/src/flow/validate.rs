@@ -1201,7 +1201,7 @@ impl<'a> Validator<'a> {
                         &at,
                         "name",
                         "bad_trigger",
-                        &format!(
+                        format!(
                             "`{name}` cannot be an event name: use 1 to 64 lower-case letters, digits, `_`, `.` or `-` (like `order_paid`)"
                         ),
                     );
