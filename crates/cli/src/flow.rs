@@ -122,7 +122,9 @@ async fn workspace_catalog(
         tags: Some(tags.into_iter().map(|t| t.name).collect()),
         topics: None,
         flows: None,
-        channels: kinds.into_iter().filter_map(voronka_engine::flows::channel_limits).collect(),
+        channels: kinds
+            .into_iter()
+            .filter_map(voronka_engine::flows::channel_limits)
+            .collect(),
     })
 }
-

@@ -65,7 +65,10 @@ pub async fn run(cfg: &crate::config::Config, file: &Path, name: &str) -> anyhow
         for p in &problems {
             println!("{p}");
         }
-        eprintln!("error: fix these {} problem(s) first (voronka flow check)", problems.len());
+        eprintln!(
+            "error: fix these {} problem(s) first (voronka flow check)",
+            problems.len()
+        );
         return Ok(ExitCode::from(1));
     }
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
@@ -107,13 +110,26 @@ pub async fn run(cfg: &crate::config::Config, file: &Path, name: &str) -> anyhow
     });
     println!("Talking to “{title}” as {name}. /help lists the commands.");
     let mut seq = 0u64;
-    inbound(&messaging, &channel, &mut seq, name, InboundKind::Start {
-        message_id: "start".into(),
-        text: String::new(),
-        reference: None,
-    })
+    inbound(
+        &messaging,
+        &channel,
+        &mut seq,
+        name,
+        InboundKind::Start {
+            message_id: "start".into(),
+            text: String::new(),
+            reference: None,
+        },
+    )
     .await?;
-    inbound(&messaging, &channel, &mut seq, name, InboundKind::Subscribed).await?;
+    inbound(
+        &messaging,
+        &channel,
+        &mut seq,
+        name,
+        InboundKind::Subscribed,
+    )
+    .await?;
     let contact = wait_for_contact(&store, ws, &channel).await?;
     flows
         .start_for(ws, contact, flow.id, json!({}))
@@ -147,7 +163,10 @@ pub async fn run(cfg: &crate::config::Config, file: &Path, name: &str) -> anyhow
             Some(("/skip", arg)) => match voronka_core::flow::duration::parse_positive(arg) {
                 Ok(d) => {
                     flows.advance_clock(d.unsigned_abs());
-                    println!("(the clock is now {})", flows.now().round(jiff::Unit::Second)?);
+                    println!(
+                        "(the clock is now {})",
+                        flows.now().round(jiff::Unit::Second)?
+                    );
                 }
                 Err(e) => println!("(error: {e})"),
             },
@@ -168,10 +187,16 @@ pub async fn run(cfg: &crate::config::Config, file: &Path, name: &str) -> anyhow
             Some((other, _)) => println!("(unknown command {other}; /help lists them)"),
             None => {
                 let message_id = format!("m{seq}");
-                inbound(&messaging, &channel, &mut seq, name, InboundKind::Text {
-                    message_id,
-                    text: line.to_string(),
-                })
+                inbound(
+                    &messaging,
+                    &channel,
+                    &mut seq,
+                    name,
+                    InboundKind::Text {
+                        message_id,
+                        text: line.to_string(),
+                    },
+                )
                 .await?
             }
         }
@@ -249,7 +274,10 @@ fn print_message(body: &Value) {
         }
     }
     if let Some(url) = body["media"]["url"].as_str() {
-        println!("bot: [{}] {url}", body["media"]["kind"].as_str().unwrap_or("media"));
+        println!(
+            "bot: [{}] {url}",
+            body["media"]["kind"].as_str().unwrap_or("media")
+        );
     }
     for (i, b) in body["buttons"].as_array().into_iter().flatten().enumerate() {
         let label = b["label"].as_str().unwrap_or_default();
@@ -272,8 +300,14 @@ async fn print_state(store: &DynStore, ws: WorkspaceId, contact: ContactId) -> a
         )
         .await?;
     for r in runs {
-        let wait = r.wait.map(|w| format!(", waiting for {}", w.as_str())).unwrap_or_default();
-        let due = r.due_at.map(|d| format!(" until {}", d.round(jiff::Unit::Second).unwrap_or(d))).unwrap_or_default();
+        let wait = r
+            .wait
+            .map(|w| format!(", waiting for {}", w.as_str()))
+            .unwrap_or_default();
+        let due = r
+            .due_at
+            .map(|d| format!(" until {}", d.round(jiff::Unit::Second).unwrap_or(d)))
+            .unwrap_or_default();
         let error = r.error.map(|e| format!(", error: {e}")).unwrap_or_default();
         println!(
             "(run {}: {} at step `{}`{wait}{due}{error}; vars {})",
@@ -286,7 +320,11 @@ async fn print_state(store: &DynStore, ws: WorkspaceId, contact: ContactId) -> a
     Ok(())
 }
 
-async fn print_contact(store: &DynStore, ws: WorkspaceId, contact: ContactId) -> anyhow::Result<()> {
+async fn print_contact(
+    store: &DynStore,
+    ws: WorkspaceId,
+    contact: ContactId,
+) -> anyhow::Result<()> {
     let c = store.get_contact(ws, contact).await?;
     println!(
         "(tags {:?}; fields {}; email {:?}; phone {:?})",
@@ -300,10 +338,17 @@ async fn print_contact(store: &DynStore, ws: WorkspaceId, contact: ContactId) ->
 
 /// Creates the custom fields the flow uses, typed by how it uses them, so the test
 /// workspace accepts its answers.
-async fn create_fields(store: &DynStore, ws: WorkspaceId, doc: &FlowDocument) -> anyhow::Result<()> {
+async fn create_fields(
+    store: &DynStore,
+    ws: WorkspaceId,
+    doc: &FlowDocument,
+) -> anyhow::Result<()> {
     let mut wanted: Vec<(String, FieldType)> = Vec::new();
     let mut add = |key: &str, t: FieldType| {
-        if !PROFILE_ATTRIBUTES.contains(&key) && !key.starts_with("var.") && !wanted.iter().any(|(k, _)| k == key) {
+        if !PROFILE_ATTRIBUTES.contains(&key)
+            && !key.starts_with("var.")
+            && !wanted.iter().any(|(k, _)| k == key)
+        {
             wanted.push((key.to_string(), t));
         }
     };
@@ -354,8 +399,9 @@ async fn create_fields(store: &DynStore, ws: WorkspaceId, doc: &FlowDocument) ->
         }
     }
     for (key, t) in wanted {
-        let spec: FieldSpec = serde_json::from_value(json!({"key": key, "label": key, "type": t.as_str()}))
-            .with_context(|| format!("field `{key}`"))?;
+        let spec: FieldSpec =
+            serde_json::from_value(json!({"key": key, "label": key, "type": t.as_str()}))
+                .with_context(|| format!("field `{key}`"))?;
         store.create_field(ws, spec.validated()?).await?;
     }
     Ok(())

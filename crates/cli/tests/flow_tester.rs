@@ -32,9 +32,15 @@ fn converse(flow: &str, script: &str) -> (bool, String) {
 fn a_quiz_is_answered_by_number_and_by_label() {
     let (ok, out) = converse("quiz.yaml", "2\nUnder 1000\n/contact\n");
     assert!(ok, "{out}");
-    assert!(out.contains("bot: How long have you been doing marketing in messengers?"), "{out}");
+    assert!(
+        out.contains("bot: How long have you been doing marketing in messengers?"),
+        "{out}"
+    );
     assert!(out.contains("     [2] A year or more"), "{out}");
-    assert!(out.contains("bot: You are a pro. We will send you advanced cases."), "{out}");
+    assert!(
+        out.contains("bot: You are a pro. We will send you advanced cases."),
+        "{out}"
+    );
     assert!(out.contains("segment_pro"), "{out}");
     assert!(out.contains("done at step `pro_result`"), "{out}");
 }
@@ -47,7 +53,10 @@ fn delays_are_skipped_and_events_end_runs() {
     );
     assert!(ok, "{out}");
     assert!(out.contains("waiting for delay"), "{out}");
-    assert!(out.contains("bot: You left something in your cart. It is still waiting for you."), "{out}");
+    assert!(
+        out.contains("bot: You left something in your cart. It is still waiting for you."),
+        "{out}"
+    );
     assert!(out.contains("cancelled at step `wait_more`"), "{out}");
     assert!(!out.contains("CART10"), "{out}");
 }
@@ -56,8 +65,11 @@ fn delays_are_skipped_and_events_end_runs() {
 fn a_broken_flow_is_refused_with_its_problems() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("bad.yaml");
-    std::fs::write(&path, "start: a\nsteps:\n  - { id: a, type: send, text: hi, next: nowhere }\n")
-        .expect("write");
+    std::fs::write(
+        &path,
+        "start: a\nsteps:\n  - { id: a, type: send, text: hi, next: nowhere }\n",
+    )
+    .expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_voronka"))
         .args(["flow", "test"])
         .arg(&path)
@@ -67,5 +79,8 @@ fn a_broken_flow_is_refused_with_its_problems() {
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("step a:") && text.contains("nowhere"), "{text}");
+    assert!(
+        text.contains("step a:") && text.contains("nowhere"),
+        "{text}"
+    );
 }

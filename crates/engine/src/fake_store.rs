@@ -409,15 +409,13 @@ impl FlowStore for FakeStore {
     ) -> Result<Flow> {
         ni()
     }
-    async fn publish_flow(&self, _: WorkspaceId, _: FlowId, _: Value)
-        -> Result<FlowVersion> {
+    async fn publish_flow(&self, _: WorkspaceId, _: FlowId, _: Value) -> Result<FlowVersion> {
         ni()
     }
     async fn archive_flow(&self, _: WorkspaceId, _: FlowId) -> Result<Flow> {
         ni()
     }
-    async fn get_flow_version(&self, _: WorkspaceId, _: FlowId, _: u32)
-        -> Result<FlowVersion> {
+    async fn get_flow_version(&self, _: WorkspaceId, _: FlowId, _: u32) -> Result<FlowVersion> {
         ni()
     }
     async fn published_flows(&self) -> Result<Vec<(Flow, FlowVersion)>> {
@@ -444,8 +442,7 @@ impl FlowStore for FakeStore {
     async fn emit_signal(&self, _: WorkspaceId, _: NewSignal) -> Result<SignalId> {
         ni()
     }
-    async fn claim_signals(&self, _: u32, _: std::time::Duration)
-        -> Result<Vec<FlowSignal>> {
+    async fn claim_signals(&self, _: u32, _: std::time::Duration) -> Result<Vec<FlowSignal>> {
         ni()
     }
     async fn fail_signal(&self, _: SignalId, _: &str, _: bool) -> Result<()> {

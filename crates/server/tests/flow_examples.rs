@@ -135,12 +135,16 @@ async fn start(backend: Backend, via: Via) -> Option<App> {
         stop: Some(stop),
     };
     let body = match via {
-        Via::Telegram => json!({"kind": "telegram", "name": "Shop bot", "credentials": {"token": TOKEN},
-            "settings": {"auto_reply": {"text": "We will answer soon."}}}),
+        Via::Telegram => {
+            json!({"kind": "telegram", "name": "Shop bot", "credentials": {"token": TOKEN},
+            "settings": {"auto_reply": {"text": "We will answer soon."}}})
+        }
         Via::Webchat => json!({"kind": "webchat", "name": "Site chat",
             "settings": {"auto_reply": {"text": "We will answer soon."}}}),
     };
-    let (status, body) = app.call(reqwest::Method::POST, "/channels", Some(body)).await;
+    let (status, body) = app
+        .call(reqwest::Method::POST, "/channels", Some(body))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     app.channel = ChannelId(body["id"].as_i64().expect("channel id"));
     Some(app)
@@ -303,7 +307,10 @@ impl App {
             Via::Telegram => {
                 self.fake.send_text(TOKEN, p.user, text).await.expect("say");
             }
-            Via::Webchat => self.web_post(p, json!({"type": "text", "text": text})).await,
+            Via::Webchat => {
+                self.web_post(p, json!({"type": "text", "text": text}))
+                    .await
+            }
         }
     }
 
@@ -414,7 +421,8 @@ impl App {
             }
             Via::Webchat => {
                 if data.starts_with("flow:") {
-                    self.web_post(p, json!({"type": "button", "payload": data})).await
+                    self.web_post(p, json!({"type": "button", "payload": data}))
+                        .await
                 } else {
                     self.say(p, label).await
                 }
@@ -482,7 +490,10 @@ async fn lead_magnet(backend: Backend, via: Via) {
     );
     app.say(&anna, "anna@example.com").await;
     let heard = app.hear(&anna, before + 4).await;
-    assert!(heard[before + 3].starts_with("Thank you! Here it is"), "{heard:?}");
+    assert!(
+        heard[before + 3].starts_with("Thank you! Here it is"),
+        "{heard:?}"
+    );
     let all = app.heard(&anna).await;
     assert!(all[before + 3]
         .1
@@ -490,7 +501,10 @@ async fn lead_magnet(backend: Backend, via: Via) {
         .any(|(l, u)| l == "Open the checklist" && u == "https://example.com/checklist.pdf"));
     let c = app.contact(&anna).await;
     eventually("the lead tag", || async {
-        app.tags(c).await.contains(&"lead".to_string()).then_some(())
+        app.tags(c)
+            .await
+            .contains(&"lead".to_string())
+            .then_some(())
     })
     .await;
     let contact = app.store.get_contact(app.ws, c).await.expect("contact");
@@ -499,7 +513,10 @@ async fn lead_magnet(backend: Backend, via: Via) {
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].status, RunStatus::Done);
     let stats = app.store.step_counters(app.ws, flow).await.expect("stats");
-    let ask = stats.iter().find(|s| s.step_id == "ask_email").expect("ask");
+    let ask = stats
+        .iter()
+        .find(|s| s.step_id == "ask_email")
+        .expect("ask");
     assert_eq!((ask.entered, ask.completed), (1, 1));
     // Nothing more is said.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -593,7 +610,10 @@ async fn webinar_reminders(backend: Backend, via: Via) {
     let before = app.heard(&p).await.len();
     app.event(c, "webinar_registered", json!({})).await;
     let heard = app.hear(&p, before + 1).await;
-    assert!(heard[before].starts_with("You are registered for the webinar on"), "{heard:?}");
+    assert!(
+        heard[before].starts_with("You are registered for the webinar on"),
+        "{heard:?}"
+    );
     // 1 day before.
     app.skip(Duration::from_secs(24 * 3600 + 60));
     let heard = app.hear(&p, before + 2).await;
@@ -621,10 +641,7 @@ async fn abandoned_cart(backend: Backend, via: Via) {
     let buyer = app.person("Ivan").await;
     let payer = app.person("Petr").await;
     let (cb, cp) = (app.contact(&buyer).await, app.contact(&payer).await);
-    let (b0, p0) = (
-        app.heard(&buyer).await.len(),
-        app.heard(&payer).await.len(),
-    );
+    let (b0, p0) = (app.heard(&buyer).await.len(), app.heard(&payer).await.len());
     let cart = json!({"cart_url": "https://shop.example/cart/42", "total": 1990});
     app.event(cb, "cart_abandoned", cart.clone()).await;
     app.event(cp, "cart_abandoned", cart).await;
@@ -660,8 +677,14 @@ async fn abandoned_cart(backend: Backend, via: Via) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.heard(&payer).await.len(), p0, "Petr paid: no reminder");
     let runs = app.runs(flow).await;
-    let ivan = runs.iter().find(|r| r.contact_id == cb).expect("Ivan's run");
-    assert_eq!((ivan.status, ivan.step_id.as_str()), (RunStatus::Waiting, "wait_more"));
+    let ivan = runs
+        .iter()
+        .find(|r| r.contact_id == cb)
+        .expect("Ivan's run");
+    assert_eq!(
+        (ivan.status, ivan.step_id.as_str()),
+        (RunStatus::Waiting, "wait_more")
+    );
 }
 
 async fn operator_handoff(backend: Backend, via: Via) {
@@ -680,8 +703,7 @@ async fn operator_handoff(backend: Backend, via: Via) {
     );
     eventually("the handoff", || async {
         let runs = app.runs(flow).await;
-        (runs.first().and_then(|r| r.wait) == Some(voronka_store::WaitKind::Handoff))
-            .then_some(())
+        (runs.first().and_then(|r| r.wait) == Some(voronka_store::WaitKind::Handoff)).then_some(())
     })
     .await;
     let (status, events) = app
@@ -707,7 +729,10 @@ async fn operator_handoff(backend: Backend, via: Via) {
     // The operator releases the conversation: the bot is back.
     app.flows.release(app.ws, c).await.expect("release");
     let heard = app.hear(&p, before + 2).await;
-    assert!(heard[before + 1].starts_with("The manager has finished."), "{heard:?}");
+    assert!(
+        heard[before + 1].starts_with("The manager has finished."),
+        "{heard:?}"
+    );
 }
 
 /// An HTTP step against a CRM that answers, one that is too slow, and one that answers
@@ -723,7 +748,9 @@ async fn http_steps(backend: Backend, via: Via) {
             "/ok",
             post(|body: String| async move {
                 let contact: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-                axum::Json(json!({"lead": {"id": 77, "plan": "pro"}, "echo": contact["first_name"]}))
+                axum::Json(
+                    json!({"lead": {"id": 77, "plan": "pro"}, "echo": contact["first_name"]}),
+                )
             }),
         )
         .route(
@@ -734,7 +761,9 @@ async fn http_steps(backend: Backend, via: Via) {
             }),
         )
         .route("/garbage", post(|| async { "<html>not json</html>" }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let crm_url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, crm).await });
     let yaml = format!(
@@ -772,8 +801,16 @@ steps:
     }
     for (who, word, answer) in [
         ("Ok", "ok", "Lead 77 for Ok"),
-        ("Slow", "slow", "The CRM is not answering, we will call you."),
-        ("Garbage", "garbage", "The CRM is not answering, we will call you."),
+        (
+            "Slow",
+            "slow",
+            "The CRM is not answering, we will call you.",
+        ),
+        (
+            "Garbage",
+            "garbage",
+            "The CRM is not answering, we will call you.",
+        ),
     ] {
         let p = app.person(who).await;
         let before = app.heard(&p).await.len();
@@ -815,7 +852,10 @@ async fn versions(backend: Backend, via: Via) {
         .create_flow(app.ws, "Versions", doc(1))
         .await
         .expect("create");
-    app.flows.publish(app.ws, flow.id).await.expect("publish v1");
+    app.flows
+        .publish(app.ws, flow.id)
+        .await
+        .expect("publish v1");
     let early = app.person("Early").await;
     let e0 = app.heard(&early).await.len();
     app.say(&early, "go").await;
@@ -824,7 +864,11 @@ async fn versions(backend: Backend, via: Via) {
         .update_flow(app.ws, flow.id, None, Some(doc(2)), None)
         .await
         .expect("edit the draft");
-    let v2 = app.flows.publish(app.ws, flow.id).await.expect("publish v2");
+    let v2 = app
+        .flows
+        .publish(app.ws, flow.id)
+        .await
+        .expect("publish v2");
     assert_eq!(v2.version, 2);
     app.say(&early, "yes").await;
     assert_eq!(app.hear(&early, e0 + 2).await[e0 + 1], "v1 answer to yes");
@@ -904,7 +948,11 @@ async fn date_and_inactivity_triggers(backend: Backend, via: Via) {
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     let n = app.heard(&p).await.len();
-    assert_eq!(n, before + 1 + usize::from(birthday_passed), "each fires once");
+    assert_eq!(
+        n,
+        before + 1 + usize::from(birthday_passed),
+        "each fires once"
+    );
 }
 
 /// A new subscriber is welcomed by one flow, which starts another.
@@ -928,7 +976,10 @@ async fn new_subscriber_and_start_flow(backend: Backend, via: Via) {
     }
     let p = app.person("Lena").await;
     let heard = app.hear(&p, 2).await;
-    assert_eq!(heard[..2], ["Welcome, Lena!", "Tip 1: reply within 5 minutes"]);
+    assert_eq!(
+        heard[..2],
+        ["Welcome, Lena!", "Tip 1: reply within 5 minutes"]
+    );
 }
 
 macro_rules! conversation_tests {

@@ -383,13 +383,21 @@ pub trait FlowStore {
     ) -> Result<Flow>;
     /// Freezes `document` (validated by the caller) as the next version, makes it live,
     /// and sets the draft to it.
-    async fn publish_flow(&self, ws: WorkspaceId, id: FlowId, document: Value)
-        -> Result<FlowVersion>;
+    async fn publish_flow(
+        &self,
+        ws: WorkspaceId,
+        id: FlowId,
+        document: Value,
+    ) -> Result<FlowVersion>;
     /// Archives a flow and cancels its live runs (counted as dropped at their step).
     async fn archive_flow(&self, ws: WorkspaceId, id: FlowId) -> Result<Flow>;
     /// Reads one version.
-    async fn get_flow_version(&self, ws: WorkspaceId, id: FlowId, version: u32)
-        -> Result<FlowVersion>;
+    async fn get_flow_version(
+        &self,
+        ws: WorkspaceId,
+        id: FlowId,
+        version: u32,
+    ) -> Result<FlowVersion>;
     /// Every live version of every published flow, in all workspaces (the trigger index).
     async fn published_flows(&self) -> Result<Vec<(Flow, FlowVersion)>>;
 
@@ -411,8 +419,11 @@ pub trait FlowStore {
     /// Claims up to `limit` signals, oldest first, for `lease`: unclaimed ones and ones
     /// whose claim expired. A contact's signals are claimed together (never some by one
     /// worker and some by another). PostgreSQL uses `FOR UPDATE SKIP LOCKED`.
-    async fn claim_signals(&self, limit: u32, lease: std::time::Duration)
-        -> Result<Vec<FlowSignal>>;
+    async fn claim_signals(
+        &self,
+        limit: u32,
+        lease: std::time::Duration,
+    ) -> Result<Vec<FlowSignal>>;
     /// Gives up on a signal: parked as failed with `error` after too many attempts,
     /// otherwise released for a retry after its lease.
     async fn fail_signal(&self, id: SignalId, error: &str, park: bool) -> Result<()>;

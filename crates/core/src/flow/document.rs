@@ -659,7 +659,11 @@ impl Step {
     /// Every step this one can lead to, with a label of the edge (for the validator and
     /// the editor).
     pub fn targets(&self) -> Vec<(&'static str, &str)> {
-        fn opt<'a>(t: &mut Vec<(&'static str, &'a str)>, label: &'static str, v: &'a Option<String>) {
+        fn opt<'a>(
+            t: &mut Vec<(&'static str, &'a str)>,
+            label: &'static str,
+            v: &'a Option<String>,
+        ) {
             if let Some(v) = v {
                 t.push((label, v.as_str()));
             }

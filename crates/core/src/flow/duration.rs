@@ -15,7 +15,9 @@ pub fn parse(text: &str) -> Result<SignedDuration, String> {
         None => (false, t.strip_prefix('+').unwrap_or(t)),
     };
     if body.is_empty() {
-        return Err(format!("`{text}` is not a duration (write e.g. `30m`, `2h`, `1d 12h`)"));
+        return Err(format!(
+            "`{text}` is not a duration (write e.g. `30m`, `2h`, `1d 12h`)"
+        ));
     }
     let mut total: i64 = 0;
     let mut seen = String::new();
@@ -94,7 +96,16 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_duration() {
-        for bad in ["", "2", "h", "2x", "1h 1h", "2 hours", "99999999999w", "--1d"] {
+        for bad in [
+            "",
+            "2",
+            "h",
+            "2x",
+            "1h 1h",
+            "2 hours",
+            "99999999999w",
+            "--1d",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} should be refused");
         }
         assert!(parse_positive("0s").is_err());

@@ -752,7 +752,9 @@ impl<'a> Machine<'a> {
             let to = schedule::parse_hhmm(&w.to).map_err(StepError)?;
             schedule::next_in_window(now, &days, from, to, tz)
         } else {
-            return Err(StepError("the delay says neither how long nor until when".into()));
+            return Err(StepError(
+                "the delay says neither how long nor until when".into(),
+            ));
         };
         if d.smart {
             if let Some(q) = &self.env.quiet {
@@ -773,7 +775,10 @@ impl<'a> Machine<'a> {
             (_, "GET") => None,
             (Some(t), _) => Some(self.render(t)?),
             (None, _) => {
-                if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+                if !headers
+                    .iter()
+                    .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                {
                     headers.push(("content-type".into(), "application/json".into()));
                 }
                 Some(self.context()["contact"].to_string())
@@ -982,7 +987,10 @@ impl<'a> Machine<'a> {
 
     fn identity_on_channel(&self) -> Option<&Identity> {
         let (channel, _) = self.env.channel?;
-        self.contact.identities.iter().find(|i| i.channel_id == channel)
+        self.contact
+            .identities
+            .iter()
+            .find(|i| i.channel_id == channel)
     }
 
     /// Whether a condition holds (an unparsable clock value never holds).

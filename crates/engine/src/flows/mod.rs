@@ -34,9 +34,7 @@ use voronka_core::flow::validate::{self, Catalog, ChannelLimits, Problem};
 use voronka_core::flow::FlowDocument;
 use voronka_core::message::{InboundEvent, InboundKind};
 use voronka_core::{ContactId, FlowId, WorkspaceId};
-use voronka_store::{
-    Channel, DynStore, FlowVersion, Identity, NewSignal, StoreError, WaitKind,
-};
+use voronka_store::{Channel, DynStore, FlowVersion, Identity, NewSignal, StoreError, WaitKind};
 
 /// Settings of the flow runtime.
 #[derive(Debug, Clone)]
@@ -246,12 +244,15 @@ impl Flows {
         let mut by_ws: HashMap<WorkspaceId, Vec<LiveFlow>> = HashMap::new();
         for (flow, version) in self.store.published_flows().await? {
             match serde_json::from_value::<FlowDocument>(version.document.clone()) {
-                Ok(doc) => by_ws.entry(flow.workspace_id).or_default().push(LiveFlow::new(
-                    flow.id,
-                    flow.name.clone(),
-                    version.version,
-                    doc,
-                )),
+                Ok(doc) => by_ws
+                    .entry(flow.workspace_id)
+                    .or_default()
+                    .push(LiveFlow::new(
+                        flow.id,
+                        flow.name.clone(),
+                        version.version,
+                        doc,
+                    )),
                 Err(e) => {
                     tracing::error!(flow = %flow.id, error = %e, "a published flow cannot be read; its triggers are off")
                 }
@@ -275,7 +276,12 @@ impl Flows {
                 continue;
             }
             if let Ok(doc) = serde_json::from_value::<FlowDocument>(version.document.clone()) {
-                flows.push(LiveFlow::new(flow.id, flow.name.clone(), version.version, doc));
+                flows.push(LiveFlow::new(
+                    flow.id,
+                    flow.name.clone(),
+                    version.version,
+                    doc,
+                ));
             }
         }
         flows.sort_by_key(|f| f.flow_id);
@@ -335,8 +341,16 @@ impl Flows {
     }
 
     /// Settings, time zone, quiet hours and fields of a workspace (cached for seconds).
-    pub(crate) async fn workspace(&self, ws: WorkspaceId) -> Result<Arc<WorkspaceInfo>, StoreError> {
-        if let Some((at, info)) = self.workspaces.lock().ok().and_then(|m| m.get(&ws).cloned()) {
+    pub(crate) async fn workspace(
+        &self,
+        ws: WorkspaceId,
+    ) -> Result<Arc<WorkspaceInfo>, StoreError> {
+        if let Some((at, info)) = self
+            .workspaces
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&ws).cloned())
+        {
             if at.elapsed() < WORKSPACE_TTL {
                 return Ok(info);
             }
@@ -355,11 +369,7 @@ impl Flows {
             },
             _ => None,
         };
-        let info = Arc::new(WorkspaceInfo {
-            tz,
-            quiet,
-            fields,
-        });
+        let info = Arc::new(WorkspaceInfo { tz, quiet, fields });
         if let Ok(mut m) = self.workspaces.lock() {
             m.insert(ws, (Instant::now(), info.clone()));
         }
@@ -433,7 +443,10 @@ impl Flows {
             return Err(PublishError::Invalid(problems));
         }
         let document = serde_json::to_value(&doc).map_err(|e| {
-            StoreError::Invalid(voronka_core::ValidationError::new("document", e.to_string()))
+            StoreError::Invalid(voronka_core::ValidationError::new(
+                "document",
+                e.to_string(),
+            ))
         })?;
         let version = self.store.publish_flow(ws, id, document).await?;
         self.reload(ws).await?;
@@ -441,7 +454,11 @@ impl Flows {
     }
 
     /// Archives a flow (its runs in flight are cancelled) and takes its triggers off.
-    pub async fn archive(&self, ws: WorkspaceId, id: FlowId) -> Result<voronka_store::Flow, StoreError> {
+    pub async fn archive(
+        &self,
+        ws: WorkspaceId,
+        id: FlowId,
+    ) -> Result<voronka_store::Flow, StoreError> {
         let flow = self.store.archive_flow(ws, id).await?;
         self.reload(ws).await?;
         Ok(flow)

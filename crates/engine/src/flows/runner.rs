@@ -19,8 +19,8 @@ use voronka_core::flow::{FlowDocument, Reentry};
 use voronka_core::subscription::SubscriptionState;
 use voronka_core::{ChannelId, WorkspaceId};
 use voronka_store::{
-    Contact, CounterDelta, FlowCommit, FlowCommitted, FlowMessage, FlowRun,
-    FlowSignal, NewOutbound, NewRun, NewSignal, RunState, RunStatus, RunWrite, StoreError,
+    Contact, CounterDelta, FlowCommit, FlowCommitted, FlowMessage, FlowRun, FlowSignal,
+    NewOutbound, NewRun, NewSignal, RunState, RunStatus, RunWrite, StoreError,
 };
 
 /// A run to advance in this commit.
@@ -305,7 +305,10 @@ impl<'a> Batch<'a> {
             Ok(resp) => HttpOutcome::Answer {
                 status: resp.status,
                 json: resp.json,
-                text: String::from_utf8_lossy(&resp.body).chars().take(2000).collect(),
+                text: String::from_utf8_lossy(&resp.body)
+                    .chars()
+                    .take(2000)
+                    .collect(),
             },
             Err(e) => HttpOutcome::Error {
                 code: e.code().to_string(),
@@ -408,7 +411,13 @@ pub(crate) async fn handle_signal(flows: &Flows, s: &FlowSignal) -> Result<(), S
     let live_flows = flows.live_flows(ws);
     let mut batch = Batch::new(flows, ws, info, &contact);
     batch.commit.consume.push(s.id);
-    let str_of = |k: &str| s.data.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let str_of = |k: &str| {
+        s.data
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     // (run or new flow, input, responding)
     let mut plan: Vec<(Target, Input, bool)> = Vec::new();
     match s.kind.as_str() {
@@ -419,9 +428,21 @@ pub(crate) async fn handle_signal(flows: &Flows, s: &FlowSignal) -> Result<(), S
         }
         "inbound" => {
             let text = str_of("text");
-            let payload = s.data.get("payload").and_then(Value::as_str).map(str::to_string);
-            let reference = s.data.get("ref").and_then(Value::as_str).map(str::to_string);
-            let subscribed = s.data.get("subscribed").and_then(Value::as_bool).unwrap_or(false);
+            let payload = s
+                .data
+                .get("payload")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let reference = s
+                .data
+                .get("ref")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let subscribed = s
+                .data
+                .get("subscribed")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
             let channel = match s.channel_id {
                 Some(c) => batch.channel_kind(c).await.map(|k| (c, k)),
                 None => None,
@@ -461,9 +482,9 @@ pub(crate) async fn handle_signal(flows: &Flows, s: &FlowSignal) -> Result<(), S
                 ));
             } else if let Some(run) = remaining.iter().find(|r| {
                 r.wait == Some(voronka_store::WaitKind::Button)
-                    && payload
-                        .as_deref()
-                        .is_some_and(|p| p.starts_with(&format!("{}{}:", exec::PAYLOAD_PREFIX, r.flow_id.0)))
+                    && payload.as_deref().is_some_and(|p| {
+                        p.starts_with(&format!("{}{}:", exec::PAYLOAD_PREFIX, r.flow_id.0))
+                    })
             }) {
                 let doc = flows.document(ws, run.flow_id, run.version).await?;
                 plan.push((
@@ -482,9 +503,10 @@ pub(crate) async fn handle_signal(flows: &Flows, s: &FlowSignal) -> Result<(), S
                         push_new(&mut plan, f, label, s.data.clone(), s.channel_id, true);
                     }
                 }
-            } else if let Some(run) = remaining.iter().find(|r| {
-                r.wait == Some(voronka_store::WaitKind::Button) && payload.is_none()
-            }) {
+            } else if let Some(run) = remaining
+                .iter()
+                .find(|r| r.wait == Some(voronka_store::WaitKind::Button) && payload.is_none())
+            {
                 // Typed text while buttons wait: the step's `next` (if any) takes it.
                 let doc = flows.document(ws, run.flow_id, run.version).await?;
                 plan.push((
@@ -495,7 +517,11 @@ pub(crate) async fn handle_signal(flows: &Flows, s: &FlowSignal) -> Result<(), S
             }
         }
         "tag_added" | "event" => {
-            let name = if s.kind == "tag_added" { str_of("tag") } else { str_of("name") };
+            let name = if s.kind == "tag_added" {
+                str_of("tag")
+            } else {
+                str_of("name")
+            };
             for run in &live {
                 let doc = flows.document(ws, run.flow_id, run.version).await?;
                 if doc
@@ -506,11 +532,19 @@ pub(crate) async fn handle_signal(flows: &Flows, s: &FlowSignal) -> Result<(), S
                     batch.end_run(run, RunStatus::Cancelled, &format!("{}:{name}", s.kind));
                 }
             }
-            let data = s.data.get("data").cloned().unwrap_or_else(|| s.data.clone());
+            let data = s
+                .data
+                .get("data")
+                .cloned()
+                .unwrap_or_else(|| s.data.clone());
             let still_live: Vec<FlowRun> = live
                 .iter()
                 .filter(|r| {
-                    !batch.commit.runs.iter().any(|w| matches!(w, RunWrite::Update { id, .. } if *id == r.id))
+                    !batch
+                        .commit
+                        .runs
+                        .iter()
+                        .any(|w| matches!(w, RunWrite::Update { id, .. } if *id == r.id))
                 })
                 .cloned()
                 .collect();

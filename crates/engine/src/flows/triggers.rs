@@ -253,7 +253,10 @@ mod tests {
             flow(4, vec![kw(&["Price!"], KeywordMatch::Exact, 0)]),
         ];
         assert_eq!(for_message(&flows, &text("price")).map(|x| x.0), Some(3));
-        assert_eq!(for_message(&flows, &text("the price please")).map(|x| x.0), Some(2));
+        assert_eq!(
+            for_message(&flows, &text("the price please")).map(|x| x.0),
+            Some(2)
+        );
         assert_eq!(for_message(&flows, &text("prize")).map(|x| x.0), Some(1));
         assert_eq!(for_message(&flows, &text("hello")).map(|x| x.0), Some(0));
     }
@@ -273,8 +276,18 @@ mod tests {
         let flows = vec![
             flow(1, vec![kw(&[], KeywordMatch::Any, 100)]),
             flow(2, vec![Trigger::NewSubscriber { channels: vec![] }]),
-            flow(3, vec![Trigger::Ref { reference: "spring".into() }]),
-            flow(4, vec![Trigger::Button { payload: "BUY".into() }]),
+            flow(
+                3,
+                vec![Trigger::Ref {
+                    reference: "spring".into(),
+                }],
+            ),
+            flow(
+                4,
+                vec![Trigger::Button {
+                    payload: "BUY".into(),
+                }],
+            ),
         ];
         let start = Message {
             text: "/start spring",
@@ -330,8 +343,18 @@ mod tests {
     fn signals_start_every_listening_flow() {
         let flows = vec![
             flow(1, vec![Trigger::TagAdded { tag: "vip".into() }]),
-            flow(2, vec![Trigger::Event { name: "order_shipped".into() }]),
-            flow(3, vec![Trigger::Event { name: "order_shipped".into() }]),
+            flow(
+                2,
+                vec![Trigger::Event {
+                    name: "order_shipped".into(),
+                }],
+            ),
+            flow(
+                3,
+                vec![Trigger::Event {
+                    name: "order_shipped".into(),
+                }],
+            ),
         ];
         assert_eq!(for_signal(&flows, "event", "order_shipped").len(), 2);
         assert_eq!(for_signal(&flows, "tag_added", "vip").len(), 1);

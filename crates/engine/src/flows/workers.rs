@@ -156,8 +156,16 @@ pub(crate) async fn scanner(flows: Arc<Flows>) {
                             at,
                             offset_days,
                         } => {
-                            scan_dates(&flows, ws, f.flow_id, &key, field, at.as_deref(), *offset_days)
-                                .await
+                            scan_dates(
+                                &flows,
+                                ws,
+                                f.flow_id,
+                                &key,
+                                field,
+                                at.as_deref(),
+                                *offset_days,
+                            )
+                            .await
                         }
                         Trigger::Inactivity { after } => {
                             scan_inactive(&flows, ws, f.flow_id, &key, after).await
@@ -255,8 +263,12 @@ async fn scan_dates(
     // Candidate calendar days: every UTC day the window touches, widened by a day on
     // each side for time zones, shifted back by the offset.
     let mut days = Vec::new();
-    let start = mark.checked_sub(SignedDuration::from_hours(36)).unwrap_or(mark);
-    let end = now.checked_add(SignedDuration::from_hours(36)).unwrap_or(now);
+    let start = mark
+        .checked_sub(SignedDuration::from_hours(36))
+        .unwrap_or(mark);
+    let end = now
+        .checked_add(SignedDuration::from_hours(36))
+        .unwrap_or(now);
     let mut d = start.to_zoned(jiff::tz::TimeZone::UTC).date();
     let last = end.to_zoned(jiff::tz::TimeZone::UTC).date();
     while d <= last {
@@ -281,11 +293,16 @@ async fn scan_dates(
             .contacts_by_field_day(ws, field, &days, cursor, SCAN_PAGE)
             .await?;
         for dc in &page {
-            let date = dc.value.get(..10).and_then(|s| s.parse::<jiff::civil::Date>().ok());
+            let date = dc
+                .value
+                .get(..10)
+                .and_then(|s| s.parse::<jiff::civil::Date>().ok());
             let Some(date) = date else { continue };
             let contact = store.get_contact(ws, dc.contact_id).await?;
             let tz = schedule::time_zone(contact.profile.time_zone.as_deref(), &info.tz);
-            let before = mark.checked_sub(SignedDuration::from_secs(1)).unwrap_or(mark);
+            let before = mark
+                .checked_sub(SignedDuration::from_secs(1))
+                .unwrap_or(mark);
             let moment = schedule::next_anniversary(date, at, offset_days, before, &tz);
             if moment > mark && moment <= now {
                 store

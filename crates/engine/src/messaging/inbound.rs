@@ -7,13 +7,13 @@
 
 use super::plan::{self, Context};
 use super::{Messaging, Routing};
-use voronka_core::subscription::SubscriptionState;
 use jiff::Timestamp;
 use std::sync::Arc;
 use std::time::Duration;
 use voronka_channels::render::resolve_answer;
 use voronka_channels::telegram::{decode_callback_data, CallbackRef};
 use voronka_core::message::{InboundKind, OutboundMessage};
+use voronka_core::subscription::SubscriptionState;
 use voronka_store::{InboundRecord, StoreError};
 
 /// Attempts before an event is parked as failed.

@@ -92,8 +92,19 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for CreateBody {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|ct| ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
-            .is_some_and(|ct| matches!(ct.as_str(), "application/yaml" | "application/x-yaml" | "text/yaml"));
+            .map(|ct| {
+                ct.split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .is_some_and(|ct| {
+                matches!(
+                    ct.as_str(),
+                    "application/yaml" | "application/x-yaml" | "text/yaml"
+                )
+            });
         if !yaml {
             return Json::<CreateFlow>::from_request(req, state)
                 .await

@@ -21,8 +21,9 @@ struct World {
 
 impl World {
     fn new() -> World {
-        let spec: FieldSpec = serde_json::from_value(json!({"key": "age", "label": "Age", "type": "number"}))
-            .expect("field spec");
+        let spec: FieldSpec =
+            serde_json::from_value(json!({"key": "age", "label": "Age", "type": "number"}))
+                .expect("field spec");
         World {
             templates: Templates::new(),
             fields: vec![FieldDefinition {
@@ -130,7 +131,10 @@ fn a_lead_magnet_asks_retries_and_stores_the_answer() {
     assert_eq!(m.effects.add_tags, ["lead"]);
     let email = m.effects.profile.as_ref().and_then(|p| p.email.clone());
     assert_eq!(email.as_deref(), Some("Anna@example.com"));
-    assert_eq!(texts(&m.effects), ["Here is your checklist, Anna@example.com"]);
+    assert_eq!(
+        texts(&m.effects),
+        ["Here is your checklist, Anna@example.com"]
+    );
     let ask = m.effects.counters.iter().find(|c| c.step_id == "ask_email");
     assert_eq!(ask.map(|c| c.completed), Some(1));
 }
@@ -158,8 +162,7 @@ fn used_up_retries_follow_on_fail() {
 #[test]
 fn buttons_branch_and_count_clicks() {
     let w = World::new();
-    let d = doc(
-        r#"
+    let d = doc(r#"
 start: q
 steps:
   - id: q
@@ -178,8 +181,7 @@ steps:
   - id: tea
     type: send
     text: Tea it is
-"#,
-    );
+"#);
     let mut m = Machine::new(&d, w.env(0.5), contact(), Cursor::fresh(json!({})));
     m.advance(Input::Start);
     let sent = &m.effects.messages[0].message;
@@ -209,8 +211,7 @@ steps:
 #[test]
 fn conditions_and_splits() {
     let w = World::new();
-    let d = doc(
-        r#"
+    let d = doc(r#"
 start: c
 steps:
   - id: c
@@ -227,8 +228,7 @@ steps:
   - { id: vip, type: send, text: VIP }
   - { id: a, type: send, text: A }
   - { id: b, type: send, text: B }
-"#,
-    );
+"#);
     let mut c = contact();
     c.tags = vec!["vip".into()];
     c.fields.insert("age".into(), json!(30));
@@ -248,32 +248,35 @@ steps:
 #[test]
 fn delays_wait_and_smart_delays_skip_quiet_hours() {
     let w = World::new();
-    let d = doc(
-        r#"
+    let d = doc(r#"
 start: wait
 steps:
   - { id: wait, type: delay, for: 2h, next: night }
   - { id: night, type: delay, for: 10h, smart: true, next: hi }
   - { id: hi, type: send, text: Good morning }
-"#,
-    );
+"#);
     let mut m = Machine::new(&d, w.env(0.5), contact(), Cursor::fresh(json!({})));
     m.advance(Input::Start);
     assert_eq!(m.cursor.wait, Some(WaitKind::Delay));
-    assert_eq!(m.cursor.due_at, Some("2026-03-02T14:00:00Z".parse().expect("t")));
+    assert_eq!(
+        m.cursor.due_at,
+        Some("2026-03-02T14:00:00Z".parse().expect("t"))
+    );
     let mut m = Machine::new(&d, w.env(0.5), m.contact.clone(), m.cursor.clone());
     m.advance(Input::Wake);
     // 12:00 + 10 h = 22:00, inside 21:00–09:00: moved to 09:00 next day.
     assert_eq!(m.cursor.step_id, "night");
-    assert_eq!(m.cursor.due_at, Some("2026-03-03T09:00:00Z".parse().expect("t")));
+    assert_eq!(
+        m.cursor.due_at,
+        Some("2026-03-03T09:00:00Z".parse().expect("t"))
+    );
     assert!(m.effects.messages.is_empty());
 }
 
 #[test]
 fn http_answers_are_saved_and_errors_follow_on_error() {
     let w = World::new();
-    let d = doc(
-        r#"
+    let d = doc(r#"
 start: call
 steps:
   - id: call
@@ -284,8 +287,7 @@ steps:
     on_error: failed
   - { id: ok, type: send, text: "Plan {{ vars.plan }}, age {{ fields.age }}" }
   - { id: failed, type: send, text: CRM is down }
-"#,
-    );
+"#);
     let mut m = Machine::new(&d, w.env(0.5), contact(), Cursor::fresh(json!({})));
     let Pause::Http(call) = m.advance(Input::Start) else {
         panic!("expected an HTTP call")
@@ -333,8 +335,7 @@ steps:
 #[test]
 fn a_template_error_fails_the_step_visibly_and_follows_on_error() {
     let w = World::new();
-    let d = doc(
-        r#"
+    let d = doc(r#"
 start: bad
 steps:
   - id: bad
@@ -345,8 +346,7 @@ steps:
   - id: bad2
     type: send
     text: "{{ contact.first_name | no_such_filter }}"
-"#,
-    );
+"#);
     let mut m = Machine::new(&d, w.env(0.5), contact(), Cursor::fresh(json!({})));
     m.advance(Input::Start);
     assert_eq!(texts(&m.effects), ["Hello"]);
@@ -363,20 +363,22 @@ steps:
     let mut m = Machine::new(&d2, w.env(0.5), contact(), Cursor::fresh(json!({})));
     m.advance(Input::Start);
     assert_eq!(m.cursor.status, RunStatus::Failed);
-    assert!(m.cursor.error.as_deref().is_some_and(|e| e.contains("template")));
+    assert!(m
+        .cursor
+        .error
+        .as_deref()
+        .is_some_and(|e| e.contains("template")));
 }
 
 #[test]
 fn handoff_waits_for_release() {
     let w = World::new();
-    let d = doc(
-        r#"
+    let d = doc(r#"
 start: h
 steps:
   - { id: h, type: handoff, note: "Call {{ contact.first_name }}", next: back }
   - { id: back, type: send, text: The bot is back }
-"#,
-    );
+"#);
     let mut m = Machine::new(&d, w.env(0.5), contact(), Cursor::fresh(json!({})));
     m.advance(Input::Start);
     assert_eq!(m.cursor.wait, Some(WaitKind::Handoff));
@@ -407,9 +409,17 @@ fn purposes_follow_the_situation() {
 #[test]
 fn comparisons() {
     assert!(compare(Some(json!("10")), "gt", Some(&json!(9))));
-    assert!(compare(Some(json!("2026-03-01")), "lt", Some(&json!("2026-03-02"))));
+    assert!(compare(
+        Some(json!("2026-03-01")),
+        "lt",
+        Some(&json!("2026-03-02"))
+    ));
     assert!(compare(Some(json!("Moscow")), "eq", Some(&json!("moscow"))));
-    assert!(compare(Some(json!(["a", "b"])), "contains", Some(&json!("B"))));
+    assert!(compare(
+        Some(json!(["a", "b"])),
+        "contains",
+        Some(&json!("B"))
+    ));
     assert!(compare(None, "empty", None));
     assert!(!compare(None, "exists", None));
     assert!(!compare(None, "ne", Some(&json!(1))));
