@@ -281,6 +281,16 @@ impl CpuUse {
     }
 }
 
+/// The CPUs and the load average: other work on the machine shows in every figure.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into());
+    format!("{cpus} CPUs, load average {load}")
+}
+
 /// A `Vm…:` line of /proc/self/status, in MB.
 fn vm_mb(key: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -371,6 +381,8 @@ async fn steps(args: StepsArgs) -> anyhow::Result<ExitCode> {
         bail!("--contacts and --repeat must be at least 1");
     }
     let args = Arc::new(args);
+    let load_before = machine();
+    out!("machine: {load_before}");
     let (tx, rx) = tokio::sync::oneshot::channel();
     let for_thread = args.clone();
     // One thread runs everything async; its blocking pool serves SQLite's reads.
@@ -396,6 +408,7 @@ async fn steps(args: StepsArgs) -> anyhow::Result<ExitCode> {
         "summary: {n} contacts x {STEPS_PER_RUN} steps (tag, condition, message, tag, stop), started by an API event each"
     );
     out!("(async work on one current_thread tokio runtime; SQLite's writer and reads run on threads of their own, PostgreSQL in its server processes; the clock runs from Flows::start() until run_counts shows every run ended, polled every 100 ms, 10 ms near the end)");
+    out!("machine: before {load_before}; after {}", machine());
     for o in &outcomes {
         let b = o.backend;
         let rates: Vec<f64> = o
@@ -700,6 +713,7 @@ async fn waiting(args: WaitingArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("cannot start the fake Telegram")?;
     fake.add_bot(WAIT_TOKEN, "bench_waiting_bot");
+    out!("machine: {}", machine());
     let mut outcomes = Vec::new();
     for backend in common::backends(args.backend) {
         let mut out = WaitingOutcome {
@@ -854,7 +868,7 @@ async fn seed_waiting(
     while let Some(r) = commits.next().await {
         r.context("cannot write a waiting run")?;
         done += 1;
-        if done % step == 0 {
+        if done.is_multiple_of(step) {
             out!(
                 "{name}: {done}/{n} runs written ({:.0}/s)",
                 done as f64 / started.elapsed().as_secs_f64()

@@ -90,16 +90,21 @@ CREATE INDEX flow_signals_pending ON flow_signals(id) WHERE state = 'pending';
 -- Per-contact exclusivity of claims, erasure, and the contacts cascade.
 CREATE INDEX flow_signals_contact ON flow_signals(contact_id);
 
+-- Every commit of a flow adds to the same steps' counters. With one row per step,
+-- concurrent commits would queue on that row, each waiting for the other's commit to
+-- reach the disk; so each step has a row per shard (the server connection's, see
+-- src/postgres/flows.rs), and reads add the shards up.
 CREATE TABLE flow_step_counters (
-    flow_id       BIGINT  NOT NULL REFERENCES flows(id) ON DELETE CASCADE,
-    version       INTEGER NOT NULL,
-    step_id       TEXT    NOT NULL,
-    workspace_id  BIGINT  NOT NULL,
-    entered       BIGINT  NOT NULL DEFAULT 0,
-    completed     BIGINT  NOT NULL DEFAULT 0,
-    dropped       BIGINT  NOT NULL DEFAULT 0,
-    clicked       BIGINT  NOT NULL DEFAULT 0,
-    PRIMARY KEY (flow_id, version, step_id)
+    flow_id       BIGINT   NOT NULL REFERENCES flows(id) ON DELETE CASCADE,
+    version       INTEGER  NOT NULL,
+    step_id       TEXT     NOT NULL,
+    shard         SMALLINT NOT NULL,
+    workspace_id  BIGINT   NOT NULL,
+    entered       BIGINT   NOT NULL DEFAULT 0,
+    completed     BIGINT   NOT NULL DEFAULT 0,
+    dropped       BIGINT   NOT NULL DEFAULT 0,
+    clicked       BIGINT   NOT NULL DEFAULT 0,
+    PRIMARY KEY (flow_id, version, step_id, shard)
 );
 
 CREATE TABLE flow_scan_marks (

@@ -22,6 +22,7 @@ use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
+use voronka_core::event::EventKind;
 use voronka_core::*;
 
 /// Columns read by [`flow_row`].
@@ -39,6 +40,11 @@ const SIGNAL_COLS: &str =
 
 /// The statuses of a live run, as SQL.
 const LIVE: &str = "('active', 'waiting')";
+
+/// The counter shard a transaction adds to: its server connection's. Concurrent
+/// transactions run on distinct backends, so commits of one flow add to different rows
+/// instead of queueing on one (two backend ids equal modulo 64 merely take turns).
+const SHARD: &str = "(pg_backend_pid() % 64)::smallint";
 
 fn count(v: i32) -> u32 {
     u32::try_from(v).unwrap_or(0)
@@ -196,12 +202,12 @@ pub(crate) async fn insert_signal(
 async fn drop_live_runs(conn: &mut PgConnection, column: &str, owner: i64) -> Result<()> {
     // Key order, as commits take counter rows.
     sqlx::query(&format!(
-        "INSERT INTO flow_step_counters (flow_id, version, step_id, workspace_id, dropped)
-         SELECT flow_id, version, step_id, workspace_id, count(*) FROM flow_runs
+        "INSERT INTO flow_step_counters (flow_id, version, step_id, shard, workspace_id, dropped)
+         SELECT flow_id, version, step_id, {SHARD}, workspace_id, count(*) FROM flow_runs
          WHERE {column} = $1 AND status IN {LIVE}
          GROUP BY flow_id, version, step_id, workspace_id
          ORDER BY flow_id, version, step_id
-         ON CONFLICT (flow_id, version, step_id)
+         ON CONFLICT (flow_id, version, step_id, shard)
          DO UPDATE SET dropped = flow_step_counters.dropped + EXCLUDED.dropped"
     ))
     .bind(owner)
@@ -412,6 +418,43 @@ async fn change_topic(
     Ok(true)
 }
 
+/// Appends events to a contact's log in one statement, in order.
+async fn insert_events(
+    conn: &mut PgConnection,
+    ws: WorkspaceId,
+    contact: ContactId,
+    events: &[(EventKind, Value)],
+    now: i64,
+) -> Result<()> {
+    match events {
+        [] => Ok(()),
+        [(kind, data)] => insert_event(conn, ws, contact, *kind, data, now)
+            .await
+            .map(drop),
+        _ => {
+            let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+            let data = events
+                .iter()
+                .map(|(_, d)| encode(d))
+                .collect::<Result<Vec<_>>>()?;
+            // Ids follow the ORDER BY, so the log keeps the commit's order.
+            sqlx::query(
+                "INSERT INTO events (workspace_id, contact_id, kind, data, created_at)
+                 SELECT $1, $2, k, d::jsonb, $5
+                 FROM unnest($3::text[], $4::text[]) WITH ORDINALITY AS t(k, d, n) ORDER BY n",
+            )
+            .bind(ws.0)
+            .bind(contact.0)
+            .bind(&kinds)
+            .bind(&data)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+    }
+}
+
 /// Adds a commit's counter deltas, merged per step and in key order: every commit of a
 /// flow updates the same rows, and one order for all of them rules out deadlocks.
 async fn add_counters(
@@ -441,12 +484,14 @@ async fn add_counters(
     let mut vals: [Vec<i64>; 4] = Default::default();
     for ((flow, version, step), v) in &merged {
         if !checked.contains(flow) {
-            flow_exists(conn, ws, *flow).await.map_err(|_| {
-                StoreError::from(ValidationError::new(
-                    "counters",
-                    format!("unknown flow {flow}"),
-                ))
-            })?;
+            match flow_exists(conn, ws, *flow).await {
+                Err(StoreError::NotFound { .. }) => {
+                    return Err(
+                        ValidationError::new("flow_id", format!("unknown flow {flow}")).into(),
+                    )
+                }
+                other => other?,
+            }
             checked.push(*flow);
         }
         cols.0.push(flow.0);
@@ -456,19 +501,19 @@ async fn add_counters(
             vals[i].push(stored_count(*n));
         }
     }
-    sqlx::query(
-        "INSERT INTO flow_step_counters (flow_id, version, step_id, workspace_id, entered, completed,
-             dropped, clicked)
-         SELECT f, v, s, $1, e, c, d, k
+    sqlx::query(&format!(
+        "INSERT INTO flow_step_counters (flow_id, version, step_id, shard, workspace_id, entered,
+             completed, dropped, clicked)
+         SELECT f, v, s, {SHARD}, $1, e, c, d, k
          FROM unnest($2::bigint[], $3::int[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[],
                      $8::bigint[]) AS t(f, v, s, e, c, d, k)
          ORDER BY f, v, s
-         ON CONFLICT (flow_id, version, step_id) DO UPDATE SET
+         ON CONFLICT (flow_id, version, step_id, shard) DO UPDATE SET
              entered = flow_step_counters.entered + EXCLUDED.entered,
              completed = flow_step_counters.completed + EXCLUDED.completed,
              dropped = flow_step_counters.dropped + EXCLUDED.dropped,
-             clicked = flow_step_counters.clicked + EXCLUDED.clicked",
-    )
+             clicked = flow_step_counters.clicked + EXCLUDED.clicked"
+    ))
     .bind(ws.0)
     .bind(&cols.0)
     .bind(&cols.1)
@@ -539,9 +584,7 @@ async fn apply_commit(
         touched |= change_topic(conn, ws, contact, *channel, topic, false, now).await?;
     }
 
-    for (kind, data) in &k.events {
-        insert_event(conn, ws, contact, *kind, data, now).await?;
-    }
+    insert_events(conn, ws, contact, &k.events, now).await?;
     for (i, m) in k.messages.iter().enumerate() {
         if erased {
             out.skipped.push((i, "contact_erased".into()));
@@ -976,8 +1019,11 @@ impl FlowStore for PgStore {
             Ok(u64::try_from(r.try_get::<i64, _>(c)?).unwrap_or(0))
         };
         sqlx::query(
-            r#"SELECT version, step_id, entered, completed, dropped, clicked FROM flow_step_counters
-               WHERE flow_id = $1 AND workspace_id = $2 ORDER BY version, step_id COLLATE "C""#,
+            r#"SELECT version, step_id, sum(entered)::bigint AS entered,
+                   sum(completed)::bigint AS completed, sum(dropped)::bigint AS dropped,
+                   sum(clicked)::bigint AS clicked
+               FROM flow_step_counters WHERE flow_id = $1 AND workspace_id = $2
+               GROUP BY version, step_id ORDER BY version, step_id COLLATE "C""#,
         )
         .bind(flow.0)
         .bind(ws.0)

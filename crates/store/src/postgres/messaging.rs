@@ -313,18 +313,9 @@ pub(crate) async fn enqueue_locked(
     contact: ContactId,
     new: &NewOutbound,
 ) -> Result<OutboxItem> {
-    let channel_ok: bool =
-        sqlx::query("SELECT EXISTS (SELECT 1 FROM channels WHERE id = $1 AND workspace_id = $2)")
-            .bind(new.channel_id.0)
-            .bind(ws.0)
-            .fetch_one(&mut *conn)
-            .await?
-            .try_get(0)?;
-    if !channel_ok {
-        return Err(StoreError::not_found("channel"));
-    }
     // A contact may have several addresses on one channel: the subscribed one wins, then
-    // the newest.
+    // the newest. An identity of the workspace is on a channel of the workspace, so the
+    // channel needs checking only when there is none (one round trip less per message).
     let r = sqlx::query(&format!(
         "SELECT {IDENTITY_COLS} FROM identities
          WHERE contact_id = $1 AND channel_id = $2 AND workspace_id = $3
@@ -334,8 +325,22 @@ pub(crate) async fn enqueue_locked(
     .bind(new.channel_id.0)
     .bind(ws.0)
     .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| no_identity_on_channel(new.channel_id))?;
+    .await?;
+    let Some(r) = r else {
+        let channel_ok: bool = sqlx::query(
+            "SELECT EXISTS (SELECT 1 FROM channels WHERE id = $1 AND workspace_id = $2)",
+        )
+        .bind(new.channel_id.0)
+        .bind(ws.0)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+        return Err(if channel_ok {
+            no_identity_on_channel(new.channel_id)
+        } else {
+            StoreError::not_found("channel")
+        });
+    };
     let ident = rows::identity(&r)?;
     consent_for(new.purpose, ident.subscription.state)?;
     let now = now_us();

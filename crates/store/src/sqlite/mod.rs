@@ -158,7 +158,8 @@ fn configure(conn: &Connection, cache_kib: i64) -> Result<()> {
     // Negative = KiB rather than pages.
     conn.pragma_update(None, "cache_size", -cache_kib)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    // Statements are re-used by SQL text; the import alone keeps ~20 alive.
-    conn.set_prepared_statement_cache_capacity(64);
+    // Statements are re-used by SQL text; the import alone keeps ~20 alive, a flow
+    // commit ~25 more, and a statement evicted by a burst of others is parsed again.
+    conn.set_prepared_statement_cache_capacity(128);
     Ok(())
 }
