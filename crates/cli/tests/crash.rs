@@ -2,18 +2,16 @@
 //! hard (SIGKILL) mid-way, restart it: every message is delivered, and duplicates are at
 //! most the number of messages that were in flight (`sending`) at the kill.
 
+mod common;
+
+use common::{count, Server};
 use futures::StreamExt;
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use voronka_core::channel::ChannelKind;
 use voronka_core::crypto::SecretKey;
 use voronka_core::message::{OutboundMessage, Purpose};
-use voronka_core::subscription::{ConsentProof, SubscriptionChange, SubscriptionState};
-use voronka_engine::messaging::telegram::Credentials;
 use voronka_fakes::telegram::{FakeConfig, FakeTelegram};
-use voronka_store::{DynStore, ImportRow, NewChannel, NewOutbound, OutboxState};
+use voronka_store::{DynStore, NewOutbound, OutboxState};
 
 const BOTS: u32 = 50;
 const SUBSCRIBERS: u32 = 100;
@@ -29,108 +27,19 @@ fn user(bot: u32, i: u32) -> i64 {
     FIRST_USER + i64::from(bot) * i64::from(SUBSCRIBERS) + i64::from(i)
 }
 
-/// A `voronka serve` child, killed hard when dropped.
-struct Server(Child);
-
-impl Server {
-    fn start(dir: &Path, db_url: &str, key: &SecretKey, api: &str, run: u32) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let log = std::fs::File::create(dir.join(format!("server-{run}.log"))).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_voronka"))
-            .arg("serve")
-            .current_dir(dir)
-            .env_remove("VORONKA_CONFIG")
-            .env_remove("RUST_LOG")
-            .env_remove("VORONKA_PUBLIC_URL")
-            .env("VORONKA_DATABASE_URL", db_url)
-            .env("VORONKA_LISTEN", format!("127.0.0.1:{port}"))
-            .env("VORONKA_SECRET_KEY", key.to_base64())
-            .env("VORONKA_TELEGRAM_API_URL", api)
-            // A short lease: messages in flight at the kill are retried after 2 s.
-            .env("VORONKA_OUTBOX_LEASE_SECS", "2")
-            .env("VORONKA_TELEGRAM_POLL_TIMEOUT_SECS", "1")
-            .env("VORONKA_LOG_LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start voronka serve");
-        Server(child)
-    }
-
-    /// SIGKILL, and reap it.
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn count(counts: &[(OutboxState, u64)], state: OutboxState) -> u64 {
-    counts
-        .iter()
-        .find(|(s, _)| *s == state)
-        .map_or(0, |(_, n)| *n)
-}
-
 /// Channels, subscribed contacts and 5,000 queued messages (`m-<n>`).
 async fn prepare(store: &DynStore, key: &SecretKey) {
     let ws = store.create_workspace("Crash").await.expect("workspace").id;
-    let now = jiff::Timestamp::now();
-    let change = SubscriptionChange::new(
-        SubscriptionState::Subscribed,
-        vec![],
-        Some(ConsentProof {
-            source: "import:crash-test".into(),
-            at: now,
-            text_shown: None,
-            ip: None,
-            message_id: None,
-        }),
-        now,
+    let targets = common::subscribed_contacts(
+        store,
+        key,
+        ws,
+        "crash-test",
+        (BOTS, SUBSCRIBERS),
+        token,
+        user,
     )
-    .expect("subscription");
-    let mut targets = Vec::new();
-    for b in 0..BOTS {
-        let creds = Credentials {
-            token: token(b),
-            webhook_secret: format!("crash-secret-{b}"),
-        };
-        let channel = store
-            .create_channel(
-                ws,
-                NewChannel {
-                    kind: ChannelKind::Telegram,
-                    name: format!("Crash bot {b}"),
-                    credentials: creds.seal(key),
-                    settings: Default::default(),
-                },
-            )
-            .await
-            .expect("channel");
-        let rows = (0..SUBSCRIBERS)
-            .map(|i| ImportRow {
-                line: u64::from(i) + 1,
-                profile: Default::default(),
-                source: Some("crash-test".into()),
-                identity: Some((channel.id, user(b, i).to_string())),
-                subscription: Some(change.clone()),
-                tags: vec![],
-                fields: vec![],
-            })
-            .collect();
-        for o in store.import_contacts(ws, rows).await.expect("import") {
-            let (contact, _) = o.result.expect("imported row");
-            targets.push((contact, channel.id));
-        }
-    }
+    .await;
     assert_eq!(targets.len() as u64, TOTAL);
     let mut queued = futures::stream::iter(targets.into_iter().enumerate())
         .map(|(n, (contact, channel))| async move {
@@ -188,7 +97,7 @@ async fn a_hard_kill_mid_send_loses_nothing_and_duplicates_only_what_was_in_flig
         started.elapsed().as_secs_f64()
     );
 
-    let mut server = Server::start(dir.path(), &db_url, &key, &fake.api_url(), 1);
+    let mut server = Server::start(dir.path(), &db_url, &key, &fake.api_url(), 1, 1);
     let deadline = Instant::now() + Duration::from_secs(30);
     while fake.stats().sent_messages < KILL_AFTER {
         assert!(
@@ -211,7 +120,7 @@ async fn a_hard_kill_mid_send_loses_nothing_and_duplicates_only_what_was_in_flig
         count(&counts, OutboxState::Queued)
     );
 
-    server = Server::start(dir.path(), &db_url, &key, &fake.api_url(), 2);
+    server = Server::start(dir.path(), &db_url, &key, &fake.api_url(), 2, 1);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let counts = store.outbox_counts(None).await.expect("counts");

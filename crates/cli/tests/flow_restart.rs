@@ -7,23 +7,20 @@
 //! how fast a busy machine starts 1,000 runs. The outbox's own crash behaviour is
 //! `crash.rs`'s subject.
 
+mod common;
+
+use common::{count, server_log, Server};
 use futures::StreamExt;
 use serde_json::json;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use voronka_core::channel::ChannelKind;
 use voronka_core::crypto::SecretKey;
 use voronka_core::flow::format::{parse, Format};
 use voronka_core::flow::validate::{validate, Catalog};
-use voronka_core::subscription::{ConsentProof, SubscriptionChange, SubscriptionState};
 use voronka_core::{ChannelId, ContactId, FlowId, WorkspaceId};
-use voronka_engine::messaging::telegram::Credentials;
 use voronka_fakes::telegram::{FakeConfig, FakeTelegram};
 use voronka_store::testing::{fresh_store, Backend};
 use voronka_store::{
-    DynStore, FlowCommit, ImportRow, NewChannel, NewRun, OutboxState, RunState, RunStatus,
-    RunWrite, WaitKind,
+    DynStore, FlowCommit, NewRun, OutboxState, RunState, RunStatus, RunWrite, WaitKind,
 };
 
 /// Spread over many bots: each bot sends within Telegram's rate (the delivery workers
@@ -58,87 +55,6 @@ fn token(bot: u32) -> String {
 
 fn user(bot: u32, i: u32) -> i64 {
     FIRST_USER + i64::from(bot) * i64::from(PER_BOT) + i64::from(i)
-}
-
-/// A `voronka serve` child, killed hard when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(dir: &Path, db_url: &str, key: &SecretKey, api: &str, run: u32) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let log = std::fs::File::create(dir.join(format!("server-{run}.log"))).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_voronka"))
-            .arg("serve")
-            .current_dir(dir)
-            .env_remove("VORONKA_CONFIG")
-            .env_remove("RUST_LOG")
-            .env_remove("VORONKA_PUBLIC_URL")
-            .env("VORONKA_DATABASE_URL", db_url)
-            .env("VORONKA_LISTEN", format!("127.0.0.1:{port}"))
-            .env("VORONKA_SECRET_KEY", key.to_base64())
-            .env("VORONKA_TELEGRAM_API_URL", api)
-            .env("VORONKA_OUTBOX_LEASE_SECS", "2")
-            // Long polls: 200 idle bots cost the server little.
-            .env("VORONKA_TELEGRAM_POLL_TIMEOUT_SECS", "10")
-            .env("VORONKA_LOG_LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start voronka serve");
-        Server { child, port }
-    }
-
-    async fn wait_ready(&self, dir: &Path, run: u32) {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .expect("http client");
-        let url = format!("http://127.0.0.1:{}/readyz", self.port);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = http.get(&url).send().await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server did not become ready in 30 s; log: {}",
-                server_log(dir, run)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGKILL, and reap it.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn server_log(dir: &Path, run: u32) -> String {
-    std::fs::read_to_string(dir.join(format!("server-{run}.log"))).unwrap_or_default()
-}
-
-fn count<S: PartialEq + Copy>(counts: &[(S, u64)], state: S) -> u64 {
-    counts
-        .iter()
-        .find(|(s, _)| *s == state)
-        .map_or(0, |(_, n)| *n)
 }
 
 /// The contacts' chats, as `(bot token, chat id)`.
@@ -177,53 +93,9 @@ async fn seed(
         .await
         .expect("workspace")
         .id;
-    let now = jiff::Timestamp::now();
-    let change = SubscriptionChange::new(
-        SubscriptionState::Subscribed,
-        vec![],
-        Some(ConsentProof {
-            source: "import:flow-restart-test".into(),
-            at: now,
-            text_shown: None,
-            ip: None,
-            message_id: None,
-        }),
-        now,
-    )
-    .expect("subscription");
-    let mut contacts = Vec::new();
-    for b in 0..BOTS {
-        let creds = Credentials {
-            token: token(b),
-            webhook_secret: format!("flow-secret-{b}"),
-        };
-        let channel = store
-            .create_channel(
-                ws,
-                NewChannel {
-                    kind: ChannelKind::Telegram,
-                    name: format!("Flow bot {b}"),
-                    credentials: creds.seal(key),
-                    settings: Default::default(),
-                },
-            )
-            .await
-            .expect("channel");
-        let rows = (0..PER_BOT)
-            .map(|i| ImportRow {
-                line: u64::from(i) + 1,
-                profile: Default::default(),
-                source: Some("flow-restart-test".into()),
-                identity: Some((channel.id, user(b, i).to_string())),
-                subscription: Some(change.clone()),
-                tags: vec![],
-                fields: vec![],
-            })
-            .collect();
-        for o in store.import_contacts(ws, rows).await.expect("import") {
-            contacts.push((o.result.expect("imported row").0, channel.id));
-        }
-    }
+    let contacts =
+        common::subscribed_contacts(store, key, ws, "flow-restart", (BOTS, PER_BOT), token, user)
+            .await;
     assert_eq!(contacts.len() as u64, TOTAL);
     let doc = parse(&FLOW.replace("DELAY", delay), Format::Yaml).expect("flow parses");
     let problems = validate(&doc, &Catalog::default());
@@ -265,7 +137,7 @@ async fn scenario(backend: Backend, name: &str) {
     }
     let store = db.store.clone();
     let (ws, flow, contacts) = seed(&store, &key, "2s").await;
-    let mut server = Server::start(dir.path(), &db.url, &key, &fake.api_url(), 1);
+    let mut server = Server::start(dir.path(), &db.url, &key, &fake.api_url(), 1, 10);
     server.wait_ready(dir.path(), 1).await;
     println!(
         "{name}: seeded {TOTAL} contacts on {BOTS} bots and started the server in {:.1} s",
@@ -334,7 +206,7 @@ async fn scenario(backend: Backend, name: &str) {
     // Down until every timer is overdue.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let restarted = Instant::now();
-    let mut server = Server::start(dir.path(), &db.url, &key, &fake.api_url(), 2);
+    let mut server = Server::start(dir.path(), &db.url, &key, &fake.api_url(), 2, 10);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut all_done = None;
     loop {
