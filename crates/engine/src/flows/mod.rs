@@ -641,7 +641,7 @@ impl FlowHook for Flows {
         let exits = live_runs.iter().any(|r| {
             flows
                 .iter()
-                .any(|f| f.flow_id == r.flow_id && triggers::exit_on_message(f, &message))
+                .any(|f| f.flow_id == r.flow_id && triggers::exit_on_message(&f.doc, &message))
         });
         let own_button = routing
             .payload

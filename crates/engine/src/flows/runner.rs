@@ -458,8 +458,8 @@ pub(crate) async fn handle_signal(flows: &Flows, s: &FlowSignal) -> Result<(), S
             let mut ended = Vec::new();
             for run in &live {
                 let doc = flows.document(ws, run.flow_id, run.version).await?;
-                let f = LiveFlow::new(run.flow_id, String::new(), run.version, (*doc).clone());
-                if triggers::exit_on_message(&f, &message) {
+                // The rules of the run's own version, which may differ from the live one.
+                if triggers::exit_on_message(&doc, &message) {
                     batch.end_run(run, RunStatus::Cancelled, "exit_on");
                     ended.push(run.id);
                 }

@@ -185,9 +185,9 @@ pub fn matches_signal(t: &Trigger, kind: &str, name: &str) -> bool {
 }
 
 /// Whether an `exit_on` rule matches a message (keywords, buttons).
-pub fn exit_on_message(f: &LiveFlow, m: &Message<'_>) -> bool {
+pub fn exit_on_message(doc: &FlowDocument, m: &Message<'_>) -> bool {
     let normalized = keywords::normalize(m.text);
-    f.doc.exit_on.iter().any(|t| match t {
+    doc.exit_on.iter().any(|t| match t {
         Trigger::Keyword {
             keywords: words,
             matching,
