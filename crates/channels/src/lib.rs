@@ -175,6 +175,16 @@ pub trait ChannelAdapter: Send + Sync {
     ) -> Result<(), SendError> {
         Ok(())
     }
+    /// Deletes a message this account sent to `to` (a broadcast recall). The default
+    /// refuses: most providers cannot take a message back.
+    async fn delete(&self, _to: &str, _message_id: &str) -> Result<(), SendError> {
+        Err(SendError::Refused {
+            reason: format!(
+                "unsupported: {} messages cannot be deleted",
+                self.kind().as_str()
+            ),
+        })
+    }
 }
 
 /// Current Unix time in seconds, for events the provider does not date.

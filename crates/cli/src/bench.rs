@@ -3,10 +3,12 @@
 //! outbox throughput against provider rate limits; `bench inbound` (in [`inbound`]):
 //! webhook acknowledgement throughput and latency.
 
+mod broadcast;
 mod common;
 mod delivery;
 mod flows;
 mod inbound;
+mod segments;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
@@ -60,6 +62,17 @@ pub enum BenchCommand {
     /// waiting in delays (target ≤150 MB RSS).
     #[command(subcommand)]
     Flows(flows::FlowsCommand),
+    /// A broadcast to N contacts subscribed on 100 Telegram bots, through `voronka serve`
+    /// and its API against a fake Telegram (child process, 30 messages/s per bot): time to
+    /// plan every recipient (target ≤10 s for 1,000,000), the sending rate of the first
+    /// `--send` messages against the allowed one (target ≥97%, zero 429s), and API p99
+    /// latency meanwhile (target ≤50 ms).
+    Broadcast(broadcast::BroadcastBench),
+    /// Segments: imports N contacts (a Telegram identity, tags, a number field, a
+    /// language), then counts and samples a 4-condition segment (tag, number range,
+    /// subscribed on Telegram, language) several times per backend and prints the
+    /// medians against the target (count ≤200 ms for 1,000,000 contacts).
+    Segments(segments::SegmentsBench),
 }
 
 /// Which database to measure.
@@ -115,6 +128,8 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Delivery(args) => return delivery::run(args).await,
         BenchCommand::Inbound(args) => return inbound::run(args).await,
         BenchCommand::Flows(cmd) => return flows::run(cmd).await,
+        BenchCommand::Broadcast(args) => return broadcast::run(args).await,
+        BenchCommand::Segments(args) => return segments::run(args).await,
     };
     if args.contacts == 0 {
         bail!("--contacts must be at least 1");

@@ -12,6 +12,7 @@ macro_rules! out {
 mod admin;
 mod bench;
 mod bootstrap;
+mod broadcast;
 mod config;
 mod contacts;
 mod flow;
@@ -65,6 +66,9 @@ enum Command {
     /// Work with flow files (chatbot scenarios).
     #[command(subcommand)]
     Flow(flow::FlowCommand),
+    /// Follow broadcasts from the terminal.
+    #[command(subcommand)]
+    Broadcast(broadcast::BroadcastCommand),
     /// Print the OpenAPI document of the HTTP API (JSON).
     Openapi,
     /// Measure performance.
@@ -149,6 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apikey(c) => admin::apikey(&open(&cfg).await?, c).await,
         Command::Contacts(c) => contacts::run(open(&cfg).await?, c).await,
         Command::Flow(c) => flow::run(&cfg, c).await,
+        Command::Broadcast(c) => broadcast::run(&cfg, c).await,
         Command::Bench(c) => bench::run(c).await,
         Command::Fake(FakeCommand::Telegram {
             listen,
@@ -261,10 +266,24 @@ async fn serve(cfg: &config::Config) -> anyhow::Result<()> {
         .context("cannot start the channels")?;
     let flows = voronka_engine::flows::Flows::new(messaging.clone(), cfg.flows()?);
     flows.start().await.context("cannot start the flows")?;
-    let state = voronka_server::AppState::with_runtime(messaging.clone(), flows.clone());
+    // Tracked links use the messaging runtime's public URL.
+    let broadcasts = voronka_engine::broadcasts::Broadcasts::new(
+        flows.clone(),
+        voronka_engine::broadcasts::BroadcastsConfig::default(),
+    );
+    broadcasts
+        .start()
+        .await
+        .context("cannot start the broadcasts")?;
+    let state = voronka_server::AppState::with_runtimes(
+        messaging.clone(),
+        flows.clone(),
+        broadcasts.clone(),
+    );
     voronka_server::serve(listener, state, shutdown_signal())
         .await
         .context("the server failed")?;
+    broadcasts.stop();
     flows.stop();
     messaging.stop();
     tracing::info!("stopped");

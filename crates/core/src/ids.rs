@@ -56,3 +56,12 @@ id_type! {
     /// Identifies a queued flow signal (something that may start or resume runs).
     SignalId,
 }
+
+id_type! {
+    /// Identifies a saved segment.
+    SegmentId,
+    /// Identifies a broadcast.
+    BroadcastId,
+    /// Identifies one recipient row of a broadcast.
+    RecipientId,
+}

@@ -5,6 +5,7 @@
 //! valid ("parse, don't validate").
 
 pub mod apikey;
+pub mod broadcast;
 pub mod channel;
 pub mod contact;
 pub mod crypto;
@@ -18,6 +19,7 @@ pub mod keywords;
 pub mod message;
 pub mod password;
 pub mod role;
+pub mod segment;
 pub mod subscription;
 pub mod tag;
 

@@ -55,6 +55,8 @@ impl Role {
                 FlowsRead,
                 FlowsWrite,
                 EventsWrite,
+                BroadcastsRead,
+                BroadcastsWrite,
             ],
             Role::Operator => &[
                 ContactsRead,
@@ -63,7 +65,7 @@ impl Role {
                 MessagesSend,
                 FlowsRead,
             ],
-            Role::Analyst => &[ContactsRead, ChannelsRead, FlowsRead],
+            Role::Analyst => &[ContactsRead, ChannelsRead, FlowsRead, BroadcastsRead],
         }
     }
 }
@@ -131,6 +133,12 @@ pub enum Scope {
     /// Post events about contacts (`order_shipped`) that start or end their runs.
     #[serde(rename = "events:write")]
     EventsWrite,
+    /// Read segments, broadcasts, their reports, recipients and live progress.
+    #[serde(rename = "broadcasts:read")]
+    BroadcastsRead,
+    /// Create and edit segments and broadcasts; schedule, send, pause, resume, cancel, recall.
+    #[serde(rename = "broadcasts:write")]
+    BroadcastsWrite,
     /// Manage API keys, users and workspace settings.
     #[serde(rename = "admin")]
     Admin,
@@ -138,7 +146,7 @@ pub enum Scope {
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 11] = [
+    pub const ALL: [Scope; 13] = [
         Scope::ContactsRead,
         Scope::ContactsWrite,
         Scope::ContactsErase,
@@ -149,6 +157,8 @@ impl Scope {
         Scope::FlowsRead,
         Scope::FlowsWrite,
         Scope::EventsWrite,
+        Scope::BroadcastsRead,
+        Scope::BroadcastsWrite,
         Scope::Admin,
     ];
 
@@ -165,6 +175,8 @@ impl Scope {
             Scope::FlowsRead => "flows:read",
             Scope::FlowsWrite => "flows:write",
             Scope::EventsWrite => "events:write",
+            Scope::BroadcastsRead => "broadcasts:read",
+            Scope::BroadcastsWrite => "broadcasts:write",
             Scope::Admin => "admin",
         }
     }

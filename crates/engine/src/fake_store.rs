@@ -489,3 +489,232 @@ impl FlowStore for FakeStore {
         ni()
     }
 }
+
+#[async_trait]
+impl SegmentStore for FakeStore {
+    async fn segment_catalog(
+        &self,
+        _: WorkspaceId,
+    ) -> Result<voronka_core::segment::SegmentCatalog> {
+        ni()
+    }
+    async fn create_segment(&self, _: WorkspaceId, _: &str, _: Value) -> Result<Segment> {
+        ni()
+    }
+    async fn get_segment(&self, _: WorkspaceId, _: SegmentId) -> Result<Segment> {
+        ni()
+    }
+    async fn list_segments(&self, _: WorkspaceId) -> Result<Vec<Segment>> {
+        ni()
+    }
+    async fn update_segment(
+        &self,
+        _: WorkspaceId,
+        _: SegmentId,
+        _: Option<String>,
+        _: Option<Value>,
+    ) -> Result<Segment> {
+        ni()
+    }
+    async fn delete_segment(&self, _: WorkspaceId, _: SegmentId) -> Result<()> {
+        ni()
+    }
+    async fn count_segment(
+        &self,
+        _: WorkspaceId,
+        _: &voronka_core::segment::Resolved,
+    ) -> Result<u64> {
+        ni()
+    }
+    async fn sample_segment(
+        &self,
+        _: WorkspaceId,
+        _: &voronka_core::segment::Resolved,
+        _: u32,
+    ) -> Result<Vec<Contact>> {
+        ni()
+    }
+}
+
+#[async_trait]
+impl BroadcastStore for FakeStore {
+    async fn create_broadcast(&self, _: WorkspaceId, _: &str, _: Value) -> Result<Broadcast> {
+        ni()
+    }
+    async fn get_broadcast(&self, _: WorkspaceId, _: BroadcastId) -> Result<Broadcast> {
+        ni()
+    }
+    async fn list_broadcasts(&self, _: WorkspaceId) -> Result<Vec<Broadcast>> {
+        ni()
+    }
+    async fn update_broadcast(
+        &self,
+        _: WorkspaceId,
+        _: BroadcastId,
+        _: Option<i64>,
+        _: Option<String>,
+        _: Option<Value>,
+    ) -> Result<Broadcast> {
+        ni()
+    }
+    async fn delete_broadcast(&self, _: WorkspaceId, _: BroadcastId) -> Result<()> {
+        ni()
+    }
+    async fn transition_broadcast(
+        &self,
+        _: WorkspaceId,
+        _: BroadcastId,
+        _: &[voronka_core::broadcast::BroadcastStatus],
+        _: voronka_core::broadcast::BroadcastStatus,
+        _: Option<Timestamp>,
+        _: Timestamp,
+    ) -> Result<Broadcast> {
+        ni()
+    }
+    async fn active_broadcasts(&self, _: Timestamp) -> Result<Vec<Broadcast>> {
+        ni()
+    }
+    async fn next_scheduled(&self) -> Result<Option<Timestamp>> {
+        ni()
+    }
+    async fn plan_broadcast_batch(
+        &self,
+        _: WorkspaceId,
+        _: BroadcastId,
+        _: &PlanRequest,
+    ) -> Result<PlanProgress> {
+        ni()
+    }
+    async fn planned_time_zones(
+        &self,
+        _: WorkspaceId,
+        _: BroadcastId,
+    ) -> Result<Vec<Option<String>>> {
+        ni()
+    }
+    async fn set_local_times(
+        &self,
+        _: WorkspaceId,
+        _: BroadcastId,
+        _: Vec<(Option<String>, Timestamp)>,
+    ) -> Result<u64> {
+        ni()
+    }
+    async fn due_recipients(
+        &self,
+        _: WorkspaceId,
+        _: BroadcastId,
+        _: Timestamp,
+        _: Timestamp,
+        _: bool,
+        _: u32,
+    ) -> Result<Vec<DueRecipient>> {
+        ni()
+    }
+    async fn next_recipient_due(
+        &self,
+        _: WorkspaceId,
+        _: BroadcastId,
+    ) -> Result<Option<Timestamp>> {
+        ni()
+    }
+    async fn feed_recipients(
+        &self,
+        _: WorkspaceId,
+        _: BroadcastId,
+        _: Option<&str>,
+        _: Vec<FeedDecision>,
+        _: Timestamp,
+    ) -> Result<FeedOutcome> {
+        ni()
+    }
+    async fn broadcast_drained(&self, _: WorkspaceId, _: BroadcastId, _: bool) -> Result<bool> {
+        ni()
+    }
+    async fn release_held(
+        &self,
+        _: WorkspaceId,
+        _: BroadcastId,
+        _: u8,
+        _: Timestamp,
+    ) -> Result<u64> {
+        ni()
+    }
+    async fn broadcast_counters(
+        &self,
+        _: WorkspaceId,
+        _: BroadcastId,
+    ) -> Result<Vec<BroadcastCounter>> {
+        ni()
+    }
+    async fn list_recipients(
+        &self,
+        _: WorkspaceId,
+        _: BroadcastId,
+        _: RecipientQuery,
+    ) -> Result<Vec<Recipient>> {
+        ni()
+    }
+    async fn get_recipient(
+        &self,
+        _: WorkspaceId,
+        _: RecipientId,
+    ) -> Result<(BroadcastId, Recipient)> {
+        ni()
+    }
+    async fn recipient_by_message(
+        &self,
+        _: WorkspaceId,
+        _: IdentityId,
+        _: &str,
+    ) -> Result<Option<RecipientId>> {
+        ni()
+    }
+    async fn record_recipient_signal(
+        &self,
+        _: WorkspaceId,
+        _: RecipientId,
+        _: RecipientSignal,
+        _: Timestamp,
+    ) -> Result<bool> {
+        ni()
+    }
+    async fn follow_up_due(
+        &self,
+        _: WorkspaceId,
+        _: BroadcastId,
+        _: &FollowUpRequest,
+        _: Timestamp,
+    ) -> Result<Vec<FollowUpDue>> {
+        ni()
+    }
+    async fn feed_follow_ups(
+        &self,
+        _: WorkspaceId,
+        _: BroadcastId,
+        _: Option<&str>,
+        _: Vec<(FeedDecision, Option<(IdentityId, ChannelId)>)>,
+        _: Timestamp,
+    ) -> Result<FeedOutcome> {
+        ni()
+    }
+    async fn recall_targets(
+        &self,
+        _: WorkspaceId,
+        _: BroadcastId,
+        _: Timestamp,
+        _: Option<RecipientId>,
+        _: u32,
+    ) -> Result<Vec<RecallTarget>> {
+        ni()
+    }
+    async fn record_recalls(
+        &self,
+        _: WorkspaceId,
+        _: BroadcastId,
+        _: Vec<RecallResult>,
+        _: Timestamp,
+    ) -> Result<()> {
+        ni()
+    }
+}

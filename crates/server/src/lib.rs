@@ -26,6 +26,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 use voronka_core::crypto::SecretKey;
 use voronka_core::ApiKeyId;
+use voronka_engine::broadcasts::{Broadcasts, BroadcastsConfig};
 use voronka_engine::flows::{Flows, FlowsConfig};
 use voronka_engine::messaging::{Messaging, MessagingConfig};
 use voronka_store::DynStore;
@@ -50,6 +51,7 @@ pub struct AppState {
     /// Holds the store and the credentials key too.
     messaging: Arc<Messaging>,
     flows: Arc<Flows>,
+    broadcasts: Arc<Broadcasts>,
     touched: Arc<Mutex<HashMap<ApiKeyId, Instant>>>,
     metrics: ::metrics_exporter_prometheus::PrometheusHandle,
 }
@@ -79,11 +81,24 @@ impl AppState {
         Self::with_runtime(messaging, flows)
     }
 
-    /// Builds the state around the messaging and flow runtimes (started by the caller).
+    /// Builds the state around the messaging and flow runtimes (started by the caller),
+    /// with a broadcast runtime of default settings that runs nothing in the background.
     pub fn with_runtime(messaging: Arc<Messaging>, flows: Arc<Flows>) -> Self {
+        let broadcasts = Broadcasts::new(flows.clone(), BroadcastsConfig::default());
+        Self::with_runtimes(messaging, flows, broadcasts)
+    }
+
+    /// Builds the state around the messaging, flow and broadcast runtimes (started by
+    /// the caller).
+    pub fn with_runtimes(
+        messaging: Arc<Messaging>,
+        flows: Arc<Flows>,
+        broadcasts: Arc<Broadcasts>,
+    ) -> Self {
         Self {
             messaging,
             flows,
+            broadcasts,
             touched: Arc::new(Mutex::new(HashMap::new())),
             metrics: metrics::handle(),
         }
@@ -102,6 +117,11 @@ impl AppState {
     /// The flow runtime.
     pub fn flows(&self) -> &Arc<Flows> {
         &self.flows
+    }
+
+    /// The broadcast runtime.
+    pub fn broadcasts(&self) -> &Arc<Broadcasts> {
+        &self.broadcasts
     }
 
     /// The key that seals channel credentials.
@@ -147,6 +167,8 @@ pub fn router(state: AppState) -> axum::Router {
         // visitor tokens) and are not part of the API document.
         .merge(hooks::routes())
         .merge(webchat::routes())
+        // Tracked links are opened by anyone the message reached; the token is signed.
+        .merge(api::broadcasts::link_routes())
         .fallback(unknown_route)
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(axum::middleware::from_fn(error::normalize_errors))

@@ -19,7 +19,7 @@ pub const BEARER: &str = "bearer";
     info(
         title = "Voronka API",
         version = "1",
-        description = "Contacts, channels, tags, fields, flows and API keys of a Voronka workspace. \
+        description = "Contacts, channels, tags, fields, flows, broadcasts and API keys of a Voronka workspace. \
             Authenticate with `Authorization: Bearer <API key>`. Every POST accepts an \
             `Idempotency-Key` header. Errors are `{\"error\":{\"code\",\"message\",\"details\"}}`."
     ),
@@ -34,6 +34,8 @@ pub const BEARER: &str = "bearer";
         (name = "contacts", description = "People, their identities, consent and timeline"),
         (name = "messages", description = "Messages to contacts and their conversations"),
         (name = "flows", description = "Chatbot scenarios and auto-funnels: drafts, versions, runs"),
+        (name = "broadcasts", description = "One-off and scheduled messages to segments: A/B variants, live progress, reports, recall"),
+        (name = "segments", description = "Saved contact filters (audiences of broadcasts), their counts and samples"),
         (name = "events", description = "Events about contacts that start or end flows"),
         (name = "topics", description = "Subscription topics"),
         (name = "api-keys", description = "API keys of the workspace"),

@@ -1291,9 +1291,9 @@ async fn topics_and_settings(h: Harness) {
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(
         a.json(),
-        json!({"time_zone": "UTC", "quiet_from": "21:00", "quiet_to": "09:00", "quiet_weekends": false})
+        json!({"time_zone": "UTC", "quiet_from": "21:00", "quiet_to": "09:00", "quiet_weekends": false, "frequency_cap": {"messages": 2, "hours": 24}})
     );
-    let saved = json!({"time_zone": "Europe/Moscow", "quiet_from": "22:00", "quiet_to": "08:30", "quiet_weekends": true});
+    let saved = json!({"time_zone": "Europe/Moscow", "quiet_from": "22:00", "quiet_to": "08:30", "quiet_weekends": true, "frequency_cap": {"messages": 2, "hours": 24}});
     let a = h
         .put(
             "/api/v1/workspace/settings",
@@ -1353,7 +1353,7 @@ async fn topics_and_settings(h: Harness) {
     assert_eq!(a.status, StatusCode::OK, "{}", a.text);
     assert_eq!(
         h.get("/api/v1/workspace/settings", &k).await.json(),
-        json!({"time_zone": "UTC", "quiet_from": null, "quiet_to": null, "quiet_weekends": false})
+        json!({"time_zone": "UTC", "quiet_from": null, "quiet_to": null, "quiet_weekends": false, "frequency_cap": {"messages": 2, "hours": 24}})
     );
 }
 

@@ -494,6 +494,9 @@ pub struct WorkspaceSettings {
     pub quiet_to: Option<String>,
     /// Also quiet all weekend.
     pub quiet_weekends: bool,
+    /// At most this many marketing messages per contact per window (broadcasts); no cap
+    /// when absent.
+    pub frequency_cap: Option<voronka_core::broadcast::FrequencyCap>,
 }
 
 impl Default for WorkspaceSettings {
@@ -503,6 +506,7 @@ impl Default for WorkspaceSettings {
             quiet_from: Some("21:00".into()),
             quiet_to: Some("09:00".into()),
             quiet_weekends: false,
+            frequency_cap: Some(voronka_core::broadcast::FrequencyCap::default()),
         }
     }
 }

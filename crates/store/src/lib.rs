@@ -6,11 +6,13 @@
 //! habit of its callers: another workspace's object is simply [`StoreError::NotFound`].
 //! Changes to a contact append to its event log in the same transaction.
 
+pub mod broadcasts;
 pub mod error;
 pub mod flows;
 pub mod messaging;
 pub mod model;
 pub mod postgres;
+pub mod segments;
 pub mod sqlite;
 pub mod testing;
 
@@ -25,10 +27,12 @@ use voronka_core::filter::ContactFilter;
 use voronka_core::subscription::SubscriptionChange;
 use voronka_core::*;
 
+pub use broadcasts::*;
 pub use error::{Result, StoreError};
 pub use flows::*;
 pub use messaging::*;
 pub use model::*;
+pub use segments::*;
 
 /// Workspaces.
 #[async_trait]
@@ -336,6 +340,250 @@ pub trait MessagingStore {
     async fn outbox_counts(&self, channel: Option<ChannelId>) -> Result<Vec<(OutboxState, u64)>>;
 }
 
+/// Broadcasts: the document and its life cycle, planning recipients in batches, feeding
+/// due recipients into the outbox, engagement, follow-ups, recall and the report's
+/// counters.
+#[async_trait]
+pub trait BroadcastStore {
+    /// Creates a draft. Conflict `name_taken` when the name is used in the workspace.
+    async fn create_broadcast(&self, ws: WorkspaceId, name: &str, spec: Value)
+        -> Result<Broadcast>;
+    /// Reads one broadcast; NotFound `broadcast`.
+    async fn get_broadcast(&self, ws: WorkspaceId, id: BroadcastId) -> Result<Broadcast>;
+    /// Every broadcast of the workspace, newest first.
+    async fn list_broadcasts(&self, ws: WorkspaceId) -> Result<Vec<Broadcast>>;
+    /// Edits a draft (or a scheduled broadcast, which goes back to draft). Conflict
+    /// `stale_revision` when `revision` is not the current one, `not_editable` once it is
+    /// sending or over, `name_taken`.
+    async fn update_broadcast(
+        &self,
+        ws: WorkspaceId,
+        id: BroadcastId,
+        revision: Option<i64>,
+        name: Option<String>,
+        spec: Option<Value>,
+    ) -> Result<Broadcast>;
+    /// Deletes a draft or a cancelled/finished broadcast with its recipients; Conflict
+    /// `not_deletable` while it is scheduled, sending or paused.
+    async fn delete_broadcast(&self, ws: WorkspaceId, id: BroadcastId) -> Result<()>;
+    /// Moves a broadcast from one of `from` to `to` in one guarded statement (Conflict
+    /// `invalid_transition` naming the current status otherwise). `send_at` is stored
+    /// when given. Side effects in the same transaction: to `sending` sets `started_at`
+    /// (first time); to `paused` deletes the broadcast's outbox rows still `queued` and
+    /// puts their recipients back to `planned` (rows already `sending` finish, so nothing
+    /// is sent twice); to `cancelled` does the same and then skips every `planned`
+    /// recipient as `cancelled` (a large broadcast's rows in further short transactions
+    /// after the status change; nothing can queue them meanwhile); to
+    /// `finished`/`cancelled` sets `finished_at`.
+    async fn transition_broadcast(
+        &self,
+        ws: WorkspaceId,
+        id: BroadcastId,
+        from: &[voronka_core::broadcast::BroadcastStatus],
+        to: voronka_core::broadcast::BroadcastStatus,
+        send_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<Broadcast>;
+    /// Broadcasts of every workspace the runtime must act on: `scheduled` ones whose
+    /// `send_at` has come, and every `sending` one.
+    async fn active_broadcasts(&self, now: Timestamp) -> Result<Vec<Broadcast>>;
+    /// The earliest `send_at` of a scheduled broadcast (to sleep until it).
+    async fn next_scheduled(&self) -> Result<Option<Timestamp>>;
+    /// Plans the next batch of contacts after `plan_cursor` (contact id order): inserts
+    /// their recipient rows, bumps the counters and moves the cursor in one transaction,
+    /// so a crash between batches re-plans nothing twice. Sets `planned_at` (and `done`)
+    /// when no contact is left; once it is set, returns `done` and changes nothing. Only
+    /// while the broadcast is `sending` (Conflict `not_sending` otherwise).
+    async fn plan_broadcast_batch(
+        &self,
+        ws: WorkspaceId,
+        id: BroadcastId,
+        req: &PlanRequest,
+    ) -> Result<PlanProgress>;
+    /// Distinct time zones (as stored on the contacts; `None` = none set) of the planned
+    /// rows, for local-time schedules.
+    async fn planned_time_zones(
+        &self,
+        ws: WorkspaceId,
+        id: BroadcastId,
+    ) -> Result<Vec<Option<String>>>;
+    /// Sets `run_at` of the planned rows of each time zone group.
+    async fn set_local_times(
+        &self,
+        ws: WorkspaceId,
+        id: BroadcastId,
+        times: Vec<(Option<String>, Timestamp)>,
+    ) -> Result<u64>;
+    /// Planned recipients (not held) whose `run_at` has come, oldest first, at most
+    /// `limit`, with their profile, their fields when `with_fields`, and how many
+    /// marketing messages went to the contact since `cap_since`.
+    async fn due_recipients(
+        &self,
+        ws: WorkspaceId,
+        id: BroadcastId,
+        now: Timestamp,
+        cap_since: Timestamp,
+        with_fields: bool,
+        limit: u32,
+    ) -> Result<Vec<DueRecipient>>;
+    /// The earliest `run_at` of a planned (not held) recipient.
+    async fn next_recipient_due(
+        &self,
+        ws: WorkspaceId,
+        id: BroadcastId,
+    ) -> Result<Option<Timestamp>>;
+    /// Applies the feeder's decisions in one transaction, and only while the broadcast is
+    /// `sending` (otherwise nothing happens and the outcome is all zeros). A `Queue`
+    /// re-checks that the identity is still `subscribed` (and has the topic) and the
+    /// contact not erased — else the row is skipped with that reason — then inserts the
+    /// outbox row (purpose marketing, source `broadcast:<id>`, broadcast and recipient
+    /// ids set), records `message_queued`, and marks the row `queued`.
+    async fn feed_recipients(
+        &self,
+        ws: WorkspaceId,
+        id: BroadcastId,
+        topic: Option<&str>,
+        decisions: Vec<FeedDecision>,
+        now: Timestamp,
+    ) -> Result<FeedOutcome>;
+    /// Whether nothing is left to do: planning done, no row planned (held rows count as
+    /// left unless `ignore_held`) or queued, and no outbox row of the broadcast queued or
+    /// sending.
+    async fn broadcast_drained(
+        &self,
+        ws: WorkspaceId,
+        id: BroadcastId,
+        ignore_held: bool,
+    ) -> Result<bool>;
+    /// Picks the winner: held rows get `variant` and `run_at`; stores `winner_variant`
+    /// (a winner stored before stays, so a call repeated after a crash releases the rest
+    /// to the same variant). Returns the rows released.
+    async fn release_held(
+        &self,
+        ws: WorkspaceId,
+        id: BroadcastId,
+        variant: u8,
+        run_at: Timestamp,
+    ) -> Result<u64>;
+    /// The report's counters, per variant.
+    async fn broadcast_counters(
+        &self,
+        ws: WorkspaceId,
+        id: BroadcastId,
+    ) -> Result<Vec<BroadcastCounter>>;
+    /// A page of recipients in id order.
+    async fn list_recipients(
+        &self,
+        ws: WorkspaceId,
+        id: BroadcastId,
+        q: RecipientQuery,
+    ) -> Result<Vec<Recipient>>;
+    /// Reads one recipient; NotFound `recipient`.
+    async fn get_recipient(
+        &self,
+        ws: WorkspaceId,
+        id: RecipientId,
+    ) -> Result<(BroadcastId, Recipient)>;
+    /// The broadcast recipient a provider message id belongs to, on an identity.
+    async fn recipient_by_message(
+        &self,
+        ws: WorkspaceId,
+        identity: IdentityId,
+        provider_message_id: &str,
+    ) -> Result<Option<RecipientId>>;
+    /// Records delivery, reading or a click; counters move only the first time (a click
+    /// does not imply a read). Returns whether it was new.
+    async fn record_recipient_signal(
+        &self,
+        ws: WorkspaceId,
+        id: RecipientId,
+        signal: RecipientSignal,
+        at: Timestamp,
+    ) -> Result<bool>;
+    /// Sent recipients without the engagement, sent before `sent_before`, whose
+    /// follow-up is not decided yet.
+    async fn follow_up_due(
+        &self,
+        ws: WorkspaceId,
+        id: BroadcastId,
+        req: &FollowUpRequest,
+        cap_since: Timestamp,
+    ) -> Result<Vec<FollowUpDue>>;
+    /// Applies follow-up decisions like [`BroadcastStore::feed_recipients`] (for `Queue`,
+    /// the message goes to `target` of the due row, with consent re-checked; `Skip`
+    /// records `follow_up_reason`; `Defer` is not used). `targets` maps each recipient to
+    /// its follow-up identity.
+    async fn feed_follow_ups(
+        &self,
+        ws: WorkspaceId,
+        id: BroadcastId,
+        topic: Option<&str>,
+        decisions: Vec<(FeedDecision, Option<(IdentityId, ChannelId)>)>,
+        now: Timestamp,
+    ) -> Result<FeedOutcome>;
+    /// Sent (not recalled) recipients whose message went out after `sent_after`, after
+    /// recipient id `after`, at most `limit`.
+    async fn recall_targets(
+        &self,
+        ws: WorkspaceId,
+        id: BroadcastId,
+        sent_after: Timestamp,
+        after: Option<RecipientId>,
+        limit: u32,
+    ) -> Result<Vec<RecallTarget>>;
+    /// Records recall outcomes (`recalled_at` and the `recalled` counter for successes;
+    /// an event on the contact either way).
+    async fn record_recalls(
+        &self,
+        ws: WorkspaceId,
+        id: BroadcastId,
+        results: Vec<RecallResult>,
+        at: Timestamp,
+    ) -> Result<()>;
+}
+
+/// Saved segments, and counting and sampling any segment in the database.
+#[async_trait]
+pub trait SegmentStore {
+    /// The names a workspace's filters may use (fields, tags, channels, topics, flows,
+    /// broadcasts), to resolve a filter against.
+    async fn segment_catalog(
+        &self,
+        ws: WorkspaceId,
+    ) -> Result<voronka_core::segment::SegmentCatalog>;
+    /// Saves a segment; conflict `segment_name_taken` when the name is used. The filter
+    /// must be a JSON object; the caller checks what it means.
+    async fn create_segment(&self, ws: WorkspaceId, name: &str, filter: Value) -> Result<Segment>;
+    /// Reads a segment; NotFound `segment`.
+    async fn get_segment(&self, ws: WorkspaceId, id: SegmentId) -> Result<Segment>;
+    /// Lists segments by name.
+    async fn list_segments(&self, ws: WorkspaceId) -> Result<Vec<Segment>>;
+    /// Renames and/or replaces the filter (the revision goes up when anything is given).
+    async fn update_segment(
+        &self,
+        ws: WorkspaceId,
+        id: SegmentId,
+        name: Option<String>,
+        filter: Option<Value>,
+    ) -> Result<Segment>;
+    /// Deletes a segment; conflict `segment_in_use` while a broadcast that has not
+    /// finished (or been cancelled) targets it.
+    async fn delete_segment(&self, ws: WorkspaceId, id: SegmentId) -> Result<()>;
+    /// Counts the (not erased) contacts in a resolved segment, in the database.
+    async fn count_segment(
+        &self,
+        ws: WorkspaceId,
+        seg: &voronka_core::segment::Resolved,
+    ) -> Result<u64>;
+    /// The newest `limit` contacts (at most [`MAX_SAMPLE`]) of a resolved segment.
+    async fn sample_segment(
+        &self,
+        ws: WorkspaceId,
+        seg: &voronka_core::segment::Resolved,
+        limit: u32,
+    ) -> Result<Vec<Contact>>;
+}
+
 /// Running the database itself.
 #[async_trait]
 pub trait AdminStore {
@@ -477,6 +725,8 @@ pub trait Store:
     + IdempotencyStore
     + MessagingStore
     + FlowStore
+    + BroadcastStore
+    + SegmentStore
     + AdminStore
     + Send
     + Sync
@@ -493,6 +743,8 @@ impl<T> Store for T where
         + IdempotencyStore
         + MessagingStore
         + FlowStore
+        + BroadcastStore
+        + SegmentStore
         + AdminStore
         + Send
         + Sync

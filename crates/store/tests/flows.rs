@@ -1464,6 +1464,7 @@ async fn case_topics_and_settings(s: &DynStore) {
         quiet_from: None,
         quiet_to: None,
         quiet_weekends: true,
+        frequency_cap: None,
     };
     s.set_workspace_settings(ws, custom.clone())
         .await

@@ -218,6 +218,16 @@ impl ChannelAdapter for TelegramAdapter {
     ) -> Result<(), SendError> {
         Ok(self.client.answer_callback_query(callback_id, text).await?)
     }
+
+    async fn delete(&self, to: &str, message_id: &str) -> Result<(), SendError> {
+        let chat_id: i64 = to.trim().parse().map_err(|_| SendError::Refused {
+            reason: format!("`{to}` is not a Telegram chat id"),
+        })?;
+        let message_id: i64 = message_id.trim().parse().map_err(|_| SendError::Refused {
+            reason: format!("`{message_id}` is not a Telegram message id"),
+        })?;
+        Ok(self.client.delete_message(chat_id, message_id).await?)
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ pub(super) struct Db {
     pub store: DynStore,
     /// What to print about it.
     pub label: String,
+    /// The database URL a `voronka serve` child is given.
+    pub url: String,
     cleanup: Cleanup,
 }
 
@@ -53,9 +55,11 @@ impl Db {
                 .await
                 .with_context(|| format!("cannot connect to PostgreSQL at {pg_url}"))?;
             let store: DynStore = Arc::new(store);
+            let sep = if pg_url.contains('?') { '&' } else { '?' };
             let db = Db {
                 store,
                 label: format!("{pg_url} schema {schema}"),
+                url: format!("{pg_url}{sep}options=-csearch_path%3D{schema}"),
                 cleanup: Cleanup::Schema {
                     url: pg_url.to_string(),
                     schema,
@@ -77,6 +81,7 @@ impl Db {
             Ok(Db {
                 store,
                 label: path.display().to_string(),
+                url: format!("sqlite://{}", path.display()),
                 cleanup: Cleanup::Dir(dir),
             })
         }

@@ -142,13 +142,14 @@ pub async fn run(args: DeliveryBench) -> anyhow::Result<ExitCode> {
 }
 
 /// The fake Telegram in a child process; killed when dropped.
-struct FakeChild {
-    child: tokio::process::Child,
-    url: String,
+pub(super) struct FakeChild {
+    pub child: tokio::process::Child,
+    pub url: String,
 }
 
 impl FakeChild {
-    async fn spawn(http: &reqwest::Client) -> anyhow::Result<FakeChild> {
+    /// Starts `voronka fake telegram` on a free port and waits until it answers.
+    pub async fn spawn(http: &reqwest::Client) -> anyhow::Result<FakeChild> {
         let port = common::free_port()?;
         let exe = std::env::current_exe().context("cannot find the voronka executable")?;
         let child = tokio::process::Command::new(exe)
@@ -165,7 +166,13 @@ impl FakeChild {
         Ok(FakeChild { child, url })
     }
 
-    async fn post(&self, http: &reqwest::Client, path: &str, body: Value) -> anyhow::Result<Value> {
+    /// POSTs JSON to the fake's control API.
+    pub async fn post(
+        &self,
+        http: &reqwest::Client,
+        path: &str,
+        body: Value,
+    ) -> anyhow::Result<Value> {
         let r = http
             .post(format!("{}{path}", self.url))
             .json(&body)
@@ -179,7 +186,8 @@ impl FakeChild {
         Ok(v)
     }
 
-    async fn stats(&self, http: &reqwest::Client) -> anyhow::Result<Value> {
+    /// The fake's counters.
+    pub async fn stats(&self, http: &reqwest::Client) -> anyhow::Result<Value> {
         Ok(http
             .get(format!("{}/_fake/stats", self.url))
             .send()
@@ -189,7 +197,8 @@ impl FakeChild {
             .await?)
     }
 
-    async fn kill(mut self) {
+    /// Stops it.
+    pub async fn kill(mut self) {
         let _ = self.child.kill().await;
     }
 }

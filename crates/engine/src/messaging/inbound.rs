@@ -90,6 +90,24 @@ async fn apply(m: &Messaging, record: InboundRecord) -> Result<(), StoreError> {
         }
         _ => None,
     };
+    // A broadcast's button: counted as a click, and replaced by what flows should see.
+    // Only `bc:` payloads take this path, so other presses pay nothing for it.
+    let answered_payload = match (answered_payload, &identity) {
+        (Some(p), Some(who)) if p.starts_with(crate::broadcasts::render::PAYLOAD_PREFIX) => {
+            match m.broadcast_hook() {
+                Some(hook) => match hook.pressed(&rt.channel, who, &p).await {
+                    Ok(payload) => payload,
+                    Err(e) => {
+                        // A lost click is better than replaying the whole event.
+                        tracing::warn!(inbound = %record.id, error = %e, "cannot record a broadcast click");
+                        None
+                    }
+                },
+                None => Some(p),
+            }
+        }
+        (p, _) => p,
+    };
     let cx = Context {
         channel_id: rt.channel.id,
         kind: rt.channel.kind,
@@ -135,6 +153,16 @@ async fn apply(m: &Messaging, record: InboundRecord) -> Result<(), StoreError> {
     }
     if !applied.queued.is_empty() {
         m.wake_outbox();
+    }
+    if let (InboundKind::Delivered { message_id } | InboundKind::Read { message_id }, Some(who)) =
+        (&record.event.kind, &identity)
+    {
+        if let Some(hook) = m.broadcast_hook() {
+            let read = matches!(record.event.kind, InboundKind::Read { .. });
+            if let Err(e) = hook.receipt(&rt.channel, who, message_id, read).await {
+                tracing::warn!(inbound = %record.id, error = %e, "cannot record a broadcast receipt");
+            }
+        }
     }
     if let Some(callback) = plan.acknowledge {
         // Answering stops the spinner on the person's button. It is not a message and

@@ -124,6 +124,30 @@ pub trait FlowHook: Send + Sync {
     fn wake(&self);
 }
 
+/// What the inbound processor tells the broadcast runtime: presses of broadcast buttons
+/// (payloads starting `bc:`) and delivery/read receipts. Other events never reach it, so
+/// ordinary messages pay nothing for broadcasts.
+#[async_trait::async_trait]
+pub trait BroadcastHook: Send + Sync {
+    /// A press of a broadcast's button by `identity`: records the click and acts on it
+    /// (starts the button's flow). Returns the payload flows should see instead (a
+    /// payload button's own), or `None`.
+    async fn pressed(
+        &self,
+        channel: &Channel,
+        identity: &voronka_store::Identity,
+        payload: &str,
+    ) -> Result<Option<String>, StoreError>;
+    /// The provider reported a message delivered (`read` false) or read.
+    async fn receipt(
+        &self,
+        channel: &Channel,
+        identity: &voronka_store::Identity,
+        provider_message_id: &str,
+        read: bool,
+    ) -> Result<(), StoreError>;
+}
+
 /// What an inbound event means, as far as flows care.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Routing {
@@ -150,6 +174,7 @@ pub struct Messaging {
     shutdown: CancellationToken,
     limits: Mutex<HashMap<ChannelId, Arc<delivery::Limits>>>,
     flow_hook: RwLock<Option<Arc<dyn FlowHook>>>,
+    broadcast_hook: RwLock<Option<Arc<dyn BroadcastHook>>>,
 }
 
 impl std::fmt::Debug for Messaging {
@@ -183,6 +208,7 @@ impl Messaging {
             shutdown: CancellationToken::new(),
             limits: Mutex::new(HashMap::new()),
             flow_hook: RwLock::new(None),
+            broadcast_hook: RwLock::new(None),
         })
     }
 
@@ -429,6 +455,19 @@ impl Messaging {
     /// The flow engine, when connected.
     pub fn flow_hook(&self) -> Option<Arc<dyn FlowHook>> {
         self.flow_hook.read().ok().and_then(|h| h.clone())
+    }
+
+    /// Connects the broadcast runtime: from now on broadcast button presses and receipts
+    /// are handed to it.
+    pub fn set_broadcast_hook(&self, hook: Arc<dyn BroadcastHook>) {
+        if let Ok(mut h) = self.broadcast_hook.write() {
+            *h = Some(hook);
+        }
+    }
+
+    /// The broadcast runtime, when connected.
+    pub fn broadcast_hook(&self) -> Option<Arc<dyn BroadcastHook>> {
+        self.broadcast_hook.read().ok().and_then(|h| h.clone())
     }
 
     /// The credentials key (also keys web chat visitor tokens).

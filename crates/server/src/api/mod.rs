@@ -1,6 +1,7 @@
 //! The REST API v1: one module per resource, mounted under `/api/v1`.
 
 pub mod api_keys;
+pub mod broadcasts;
 pub mod channels;
 pub mod contacts;
 pub mod csv;
@@ -9,6 +10,7 @@ pub mod fields;
 pub mod flows;
 pub mod messages;
 pub mod query;
+pub mod segments;
 pub mod tags;
 pub mod workspace;
 
@@ -40,6 +42,8 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .merge(contacts::routes())
         .merge(messages::routes())
         .merge(flows::routes())
+        .merge(segments::routes())
+        .merge(broadcasts::routes())
         .merge(events::routes())
         .merge(csv::export_routes())
         .merge(api_keys::routes())

@@ -107,11 +107,20 @@ fn valid_settings(s: WorkspaceSettings) -> ApiResult<WorkspaceSettings> {
             ))
         }
     };
+    if let Some(cap) = s.frequency_cap {
+        if cap.messages == 0 || cap.hours == 0 || cap.hours > 24 * 31 {
+            return Err(ApiError::validation(
+                "frequency_cap",
+                "the frequency cap needs at least 1 message per 1 to 744 hours (or null for no cap)",
+            ));
+        }
+    }
     Ok(WorkspaceSettings {
         time_zone,
         quiet_from,
         quiet_to,
         quiet_weekends: s.quiet_weekends,
+        frequency_cap: s.frequency_cap,
     })
 }
 

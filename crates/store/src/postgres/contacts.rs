@@ -977,6 +977,7 @@ impl ContactStore for PgStore {
             q.execute(&mut *tx).await?;
         }
         super::flows::erase_flow_data(&mut tx, id, now).await?;
+        super::broadcasts::erase_recipients(&mut tx, ws, id).await?;
         insert_event(&mut tx, ws, id, EventKind::Erased, &json!({}), now).await?;
         tx.commit().await?;
         Ok(())

@@ -4,8 +4,9 @@
 //! so they share a channel's queue without ever taking the same message. Lock order,
 //! to stay clear of deadlocks with erasure and contact changes: inbound row, then
 //! contact, then identity; outbox row, then (through the event's foreign key) contact,
-//! then identity.
+//! then identity, then (for a broadcast's message) its recipient row and counters.
 
+use super::broadcasts::SentRecipient;
 use super::contacts::{attach_identity, change_subscription, insert_event, lock_contact, touch};
 use super::rows::{self, CHANNEL_COLS, IDENTITY_COLS};
 use super::{now_us, parse_stored, ts, ts_opt, PgStore};
@@ -284,6 +285,12 @@ async fn apply_event(
         .bind(now)
         .execute(&mut *conn)
         .await?;
+    // The identity the person last wrote from is their preferred channel (broadcasts).
+    sqlx::query("UPDATE identities SET last_seen_at = $2 WHERE id = $1")
+        .bind(ident.id.0)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
     Ok(InboundApplied {
         contact_id: contact,
         identity_id: ident.id,
@@ -435,9 +442,10 @@ async fn complete(conn: &mut PgConnection, mut results: Vec<OutboxResult>) -> Re
     // Row locks in id order: two workers completing overlapping batches cannot deadlock.
     results.sort_by_key(|r| r.id);
     let now = now_us();
+    let mut recipients = Vec::new();
     for r in &results {
         let row = sqlx::query(
-            "SELECT workspace_id, channel_id, contact_id, identity_id, source FROM outbox
+            "SELECT workspace_id, channel_id, contact_id, identity_id, source, recipient_id FROM outbox
              WHERE id = $1 AND state = 'sending' FOR UPDATE",
         )
         .bind(r.id.0)
@@ -446,6 +454,7 @@ async fn complete(conn: &mut PgConnection, mut results: Vec<OutboxResult>) -> Re
         // Completed already, or reclaimed after the lease ran out and completed by the
         // other worker: the first answer stands.
         let Some(row) = row else { continue };
+        let recipient: Option<i64> = row.try_get("recipient_id")?;
         let row = ClaimedRow {
             ws: WorkspaceId(row.try_get("workspace_id")?),
             channel: ChannelId(row.try_get("channel_id")?),
@@ -496,8 +505,23 @@ async fn complete(conn: &mut PgConnection, mut results: Vec<OutboxResult>) -> Re
                 block_identity(conn, &row, now).await?;
             }
         }
+        // A broadcast's message: its recipient row and counters follow, all together
+        // after the loop.
+        if let Some(recipient) = recipient {
+            let sent = match &r.outcome {
+                SendOutcome::Sent => true,
+                SendOutcome::Failed { .. } | SendOutcome::Blocked { .. } => false,
+                SendOutcome::Retry { .. } => continue,
+            };
+            recipients.push(SentRecipient {
+                outbox: r.id.0,
+                recipient,
+                sent,
+                provider_message_id: r.provider_message_ids.first().cloned(),
+            });
+        }
     }
-    Ok(())
+    super::broadcasts::complete_recipients(conn, &recipients, now).await
 }
 
 #[async_trait]

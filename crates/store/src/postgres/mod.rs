@@ -6,13 +6,14 @@
 //! `accounts` (workspaces, users, API keys, channels), `schema` (tags and field
 //! definitions), `contacts` (one contact at a time), `filter` (ContactFilter → SQL),
 //! `import` (set-based batch upsert), `idempotency`, `messaging` (the inbound event log
-//! and the outbox), `flows` (flows, their runs, signals and counters), and `rows` (row →
-//! record decoding).
+//! and the outbox), `flows` (flows, their runs, signals and counters), `broadcasts`
+//! (broadcasts, their recipients and counters), and `rows` (row → record decoding).
 //!
 //! All queries are runtime-checked (`sqlx::query` + `Row::get`), so the crate builds
 //! offline without a database.
 
 mod accounts;
+mod broadcasts;
 mod contacts;
 mod filter;
 mod flows;
@@ -21,6 +22,7 @@ mod import;
 mod messaging;
 mod rows;
 mod schema;
+mod segments;
 #[cfg(test)]
 mod tests;
 
@@ -56,6 +58,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "flows",
         include_str!("../../migrations/postgres/0004_flows.sql"),
+    ),
+    (
+        5,
+        "broadcasts",
+        include_str!("../../migrations/postgres/0005_broadcasts.sql"),
     ),
 ];
 

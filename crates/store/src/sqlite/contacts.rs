@@ -485,6 +485,7 @@ fn erase(c: &Connection, ws: WorkspaceId, id: ContactId) -> Result<()> {
         [id.0],
     )?;
     super::flows::erase_flow_data(c, id, now)?;
+    super::broadcasts::erase_recipients(c, id)?;
     c.execute("DELETE FROM identities WHERE contact_id = ?1", [id.0])?;
     c.execute("DELETE FROM contact_fields WHERE contact_id = ?1", [id.0])?;
     c.execute("DELETE FROM contact_tags WHERE contact_id = ?1", [id.0])?;

@@ -71,10 +71,27 @@ fn queue_message(
     run_at: Timestamp,
     at: Timestamp,
 ) -> Result<OutboxId> {
+    queue_linked(c, ws, to, purpose, message, source, run_at, at, None)
+}
+
+/// Like [`queue_message`], and records the broadcast recipient the message is for
+/// (`complete_outbox` then updates that recipient).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn queue_linked(
+    c: &Connection,
+    ws: WorkspaceId,
+    to: &Identity,
+    purpose: Purpose,
+    message: &voronka_core::message::OutboundMessage,
+    source: &str,
+    run_at: Timestamp,
+    at: Timestamp,
+    link: Option<(BroadcastId, RecipientId)>,
+) -> Result<OutboxId> {
     c.prepare_cached(
         "INSERT INTO outbox (workspace_id, channel_id, contact_id, identity_id, external_id, purpose, \
-         message, has_choices, source, state, run_at, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?11)",
+         message, has_choices, source, state, run_at, created_at, broadcast_id, recipient_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         ws.0,
@@ -88,6 +105,8 @@ fn queue_message(
         source,
         us(run_at),
         us(at),
+        link.map(|(b, _)| b.0),
+        link.map(|(_, r)| r.0),
     ])?;
     let id = OutboxId(c.last_insert_rowid());
     insert_event(
@@ -228,6 +247,9 @@ fn apply_event(
     }
     c.prepare_cached("UPDATE contacts SET last_activity_at = ?1 WHERE id = ?2")?
         .execute([us(at), contact.0])?;
+    // The identity the person last wrote from is their preferred channel for broadcasts.
+    c.prepare_cached("UPDATE identities SET last_seen_at = ?1 WHERE id = ?2")?
+        .execute([us(at), ident.id.0])?;
     Ok(InboundApplied {
         contact_id: contact,
         identity_id: ident.id,
@@ -323,16 +345,21 @@ struct ClaimedRow {
     contact: ContactId,
     identity: IdentityId,
     source: String,
+    /// The broadcast recipient the message is for.
+    recipient: Option<RecipientId>,
 }
 
 /// `complete_outbox` on the writer.
 fn complete(c: &Connection, results: &[OutboxResult]) -> Result<()> {
     let at = now();
+    // Broadcast counters are summed over the whole batch and written once per key: a
+    // batch of one broadcast's messages touches two counter rows, not a thousand.
+    let mut tally = super::broadcasts::Tally::default();
     for r in results {
         let row = c
             .prepare_cached(
-                "SELECT workspace_id, channel_id, contact_id, identity_id, source FROM outbox \
-                 WHERE id = ?1 AND state = 'sending'",
+                "SELECT workspace_id, channel_id, contact_id, identity_id, source, recipient_id \
+                 FROM outbox WHERE id = ?1 AND state = 'sending'",
             )?
             .query_row([r.id.0], |x| {
                 Ok(ClaimedRow {
@@ -341,6 +368,7 @@ fn complete(c: &Connection, results: &[OutboxResult]) -> Result<()> {
                     contact: ContactId(x.get(2)?),
                     identity: IdentityId(x.get(3)?),
                     source: x.get(4)?,
+                    recipient: x.get::<_, Option<i64>>(5)?.map(RecipientId),
                 })
             })
             .optional()?;
@@ -367,6 +395,10 @@ fn complete(c: &Connection, results: &[OutboxResult]) -> Result<()> {
                     &sent_event(r.id, row.channel, &row.source, &r.provider_message_ids),
                     at,
                 )?;
+                if let Some(rid) = row.recipient {
+                    let first = r.provider_message_ids.first().map(String::as_str);
+                    super::broadcasts::outbox_done(c, &mut tally, rid, r.id, first, at)?;
+                }
             }
             SendOutcome::Retry { at: when, error } => {
                 c.prepare_cached(
@@ -381,14 +413,22 @@ fn complete(c: &Connection, results: &[OutboxResult]) -> Result<()> {
                     r.id.0
                 ])?;
             }
-            SendOutcome::Failed { reason } => fail_outbox(c, &row, r, reason, at)?,
+            SendOutcome::Failed { reason } => {
+                fail_outbox(c, &row, r, reason, at)?;
+                if let Some(rid) = row.recipient {
+                    super::broadcasts::outbox_failed(c, &mut tally, rid, r.id)?;
+                }
+            }
             SendOutcome::Blocked { reason } => {
                 fail_outbox(c, &row, r, reason, at)?;
                 block_identity(c, &row, at)?;
+                if let Some(rid) = row.recipient {
+                    super::broadcasts::outbox_failed(c, &mut tally, rid, r.id)?;
+                }
             }
         }
     }
-    Ok(())
+    tally.flush(c)
 }
 
 /// Marks the recipient's identity `blocked` (unless it is already, or gone), with its

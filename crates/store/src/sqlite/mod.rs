@@ -12,10 +12,12 @@
 //! keys, channels), [`catalog`] (tags and field definitions), [`contacts`] (the contact
 //! base), [`filter`] (SQL for contact filters), [`import`] (bulk upsert), [`idempotency`],
 //! [`messaging`] (the inbound event log and the outbox), [`flows`] (flows, their runs,
-//! signals and counters) and [`admin`] (migrations, ping, the erasure audit).
+//! signals and counters), [`broadcasts`] (broadcasts, their recipients and counters) and
+//! [`admin`] (migrations, ping, the erasure audit).
 
 mod accounts;
 mod admin;
+mod broadcasts;
 mod catalog;
 mod contacts;
 mod filter;
@@ -26,6 +28,7 @@ mod messaging;
 mod readers;
 mod rows;
 mod schema;
+mod segments;
 mod writer;
 
 use crate::{Result, StoreError};

@@ -34,6 +34,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "flows",
         sql: include_str!("../../migrations/sqlite/0003_flows.sql"),
     },
+    Migration {
+        version: 4,
+        name: "broadcasts",
+        sql: include_str!("../../migrations/sqlite/0004_broadcasts.sql"),
+    },
 ];
 
 /// Applies the pending migrations on `conn` (the writer: the caller's savepoint makes
