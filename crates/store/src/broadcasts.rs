@@ -20,6 +20,9 @@ pub const HELD_VARIANT: u8 = 255;
 pub struct Broadcast {
     /// Id.
     pub id: BroadcastId,
+    /// The workspace it belongs to (the runtime reads broadcasts of every workspace).
+    #[serde(skip)]
+    pub workspace_id: WorkspaceId,
     /// Name, unique in the workspace.
     pub name: String,
     /// Life-cycle status.

@@ -166,8 +166,6 @@ pub struct Broadcasts {
     config: BroadcastsConfig,
     tasks: Mutex<HashMap<BroadcastId, Task>>,
     hub: Mutex<HashMap<BroadcastId, (WorkspaceId, watch::Sender<Progress>)>>,
-    /// Which workspace each broadcast belongs to (a broadcast never moves).
-    owners: Mutex<HashMap<BroadcastId, WorkspaceId>>,
     wake: Arc<Notify>,
     main: Mutex<Vec<JoinHandle<()>>>,
     shutdown: CancellationToken,
@@ -193,7 +191,6 @@ impl Broadcasts {
             config,
             tasks: Mutex::new(HashMap::new()),
             hub: Mutex::new(HashMap::new()),
-            owners: Mutex::new(HashMap::new()),
             wake: Arc::new(Notify::new()),
             main: Mutex::new(Vec::new()),
             shutdown: CancellationToken::new(),
@@ -293,36 +290,6 @@ impl Broadcasts {
             .public_url
             .as_deref()
             .or(self.messaging.config().public_url.as_deref())
-    }
-
-    /// Remembers a broadcast's workspace.
-    fn remember(&self, id: BroadcastId, ws: WorkspaceId) {
-        if let Ok(mut o) = self.owners.lock() {
-            o.insert(id, ws);
-        }
-    }
-
-    /// The workspace of a broadcast found by [`voronka_store::BroadcastStore::active_broadcasts`]
-    /// (which answers broadcasts without their workspace): remembered from the API
-    /// calls that scheduled it, otherwise looked up once per workspace (after a restart).
-    pub(crate) async fn workspace_of(
-        &self,
-        id: BroadcastId,
-    ) -> Result<Option<WorkspaceId>, StoreError> {
-        if let Some(ws) = self.owners.lock().ok().and_then(|o| o.get(&id).copied()) {
-            return Ok(Some(ws));
-        }
-        for w in self.store.list_workspaces().await? {
-            match self.store.get_broadcast(w.id, id).await {
-                Ok(_) => {
-                    self.remember(id, w.id);
-                    return Ok(Some(w.id));
-                }
-                Err(StoreError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(None)
     }
 
     /// Starts a task for a sending broadcast unless one runs.
@@ -507,7 +474,6 @@ impl Broadcasts {
         at: Option<Timestamp>,
     ) -> Result<Broadcast, BroadcastError> {
         let mut b = self.store.get_broadcast(ws, id).await?;
-        self.remember(id, ws);
         if let Some(at) = at {
             if b.status != BroadcastStatus::Draft {
                 return Err(invalid_transition(b.status, BroadcastStatus::Scheduled).into());
@@ -575,7 +541,6 @@ impl Broadcasts {
         id: BroadcastId,
     ) -> Result<Broadcast, BroadcastError> {
         let b = self.store.get_broadcast(ws, id).await?;
-        self.remember(id, ws);
         if !matches!(
             b.status,
             BroadcastStatus::Draft | BroadcastStatus::Scheduled
@@ -624,7 +589,6 @@ impl Broadcasts {
             .store
             .transition_broadcast(ws, id, from, to, None, self.now())
             .await?;
-        self.remember(id, ws);
         self.wake_task(id);
         self.publish(ws, id).await;
         Ok(b)

@@ -45,14 +45,7 @@ pub(crate) async fn scheduler(b: Arc<Broadcasts>) {
         match b.store().active_broadcasts(now).await {
             Ok(list) => {
                 for x in list {
-                    let ws = match b.workspace_of(x.id).await {
-                        Ok(Some(ws)) => ws,
-                        Ok(None) => continue,
-                        Err(e) => {
-                            tracing::error!(broadcast = %x.id, error = %e, "cannot find a broadcast's workspace");
-                            continue;
-                        }
-                    };
+                    let ws = x.workspace_id;
                     match x.status {
                         BroadcastStatus::Scheduled if x.send_at.is_none_or(|t| t <= now) => {
                             match b

@@ -37,7 +37,7 @@ use voronka_core::*;
 
 /// Columns read by [`broadcast_row`].
 const BROADCAST_COLS: &str = "id, name, status, spec, revision, send_at, plan_cursor, \
-     planned_at, started_at, finished_at, winner_variant, created_at, updated_at";
+     planned_at, started_at, finished_at, winner_variant, created_at, updated_at, workspace_id";
 
 /// Columns read by [`recipient_row`].
 const RECIPIENT_COLS: &str = "id, contact_id, identity_id, channel_id, variant, status, \
@@ -129,6 +129,7 @@ fn broadcast_row(r: &PgRow) -> Result<Broadcast> {
             .transpose()?,
         created_at: ts(r.try_get("created_at")?),
         updated_at: ts(r.try_get("updated_at")?),
+        workspace_id: WorkspaceId(r.try_get("workspace_id")?),
     })
 }
 

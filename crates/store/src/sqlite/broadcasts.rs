@@ -30,7 +30,7 @@ use voronka_core::*;
 
 /// Columns read by [`broadcast_row`].
 const BROADCAST_COLS: &str = "id, name, status, spec, revision, send_at, plan_cursor, \
-     planned_at, started_at, finished_at, winner_variant, created_at, updated_at";
+     planned_at, started_at, finished_at, winner_variant, created_at, updated_at, workspace_id";
 
 /// Columns read by [`recipient_row`].
 const RECIPIENT_COLS: &str = "id, contact_id, identity_id, channel_id, variant, status, \
@@ -97,6 +97,7 @@ fn broadcast_row(r: &Row<'_>) -> rusqlite::Result<Broadcast> {
         },
         created_at: ts(r, 11)?,
         updated_at: ts(r, 12)?,
+        workspace_id: WorkspaceId(r.get(13)?),
     })
 }
 
@@ -1226,7 +1227,6 @@ impl BroadcastStore for SqliteStore {
                 .map(|col| format!("b.{col}"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            // Workspace ids are not in `Broadcast`; the runtime reads them with the row.
             Ok(c.prepare_cached(&format!(
                 "SELECT {cols} FROM broadcasts b WHERE (b.status = 'scheduled' AND b.send_at <= ?1) \
                  OR b.status = 'sending' ORDER BY b.id"
