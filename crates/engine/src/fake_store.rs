@@ -604,11 +604,19 @@ impl BroadcastStore for FakeStore {
         &self,
         _: WorkspaceId,
         _: BroadcastId,
+        _: Option<ChannelId>,
         _: Timestamp,
         _: Timestamp,
         _: bool,
         _: u32,
     ) -> Result<Vec<DueRecipient>> {
+        ni()
+    }
+    async fn broadcast_in_flight(
+        &self,
+        _: WorkspaceId,
+        _: BroadcastId,
+    ) -> Result<Vec<(ChannelId, u64)>> {
         ni()
     }
     async fn next_recipient_due(

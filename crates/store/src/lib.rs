@@ -414,18 +414,27 @@ pub trait BroadcastStore {
         id: BroadcastId,
         times: Vec<(Option<String>, Timestamp)>,
     ) -> Result<u64>;
-    /// Planned recipients (not held) whose `run_at` has come, oldest first, at most
-    /// `limit`, with their profile, their fields when `with_fields`, and how many
-    /// marketing messages went to the contact since `cap_since`.
+    /// Planned recipients (not held) whose `run_at` has come, on `channel` (every channel
+    /// when `None`), oldest first, at most `limit`, with their profile, their fields when
+    /// `with_fields`, and how many marketing messages went to the contact since
+    /// `cap_since`.
     async fn due_recipients(
         &self,
         ws: WorkspaceId,
         id: BroadcastId,
+        channel: Option<ChannelId>,
         now: Timestamp,
         cap_since: Timestamp,
         with_fields: bool,
         limit: u32,
     ) -> Result<Vec<DueRecipient>>;
+    /// The broadcast's outbox rows still queued or being sent, per channel (what the
+    /// feeder has put in and delivery has not finished).
+    async fn broadcast_in_flight(
+        &self,
+        ws: WorkspaceId,
+        id: BroadcastId,
+    ) -> Result<Vec<(ChannelId, u64)>>;
     /// The earliest `run_at` of a planned (not held) recipient.
     async fn next_recipient_due(
         &self,

@@ -342,9 +342,17 @@ fn queue(r: RecipientId, text: &str) -> FeedDecision {
 
 async fn due(s: &DynStore, ws: WorkspaceId, b: BroadcastId) -> Vec<DueRecipient> {
     let now = now() + SignedDuration::from_secs(1);
-    s.due_recipients(ws, b, now, now - SignedDuration::from_hours(24), true, 1000)
-        .await
-        .expect("due")
+    s.due_recipients(
+        ws,
+        b,
+        None,
+        now,
+        now - SignedDuration::from_hours(24),
+        true,
+        1000,
+    )
+    .await
+    .expect("due")
 }
 
 /// Feeds every due recipient with a `Queue`.
@@ -2132,6 +2140,7 @@ async fn plan_speed_sqlite() {
         .due_recipients(
             ws,
             b,
+            None,
             now() + SignedDuration::from_secs(1),
             now(),
             true,

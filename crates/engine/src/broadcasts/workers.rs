@@ -21,9 +21,7 @@ use voronka_core::broadcast::{
 };
 use voronka_core::flow::schedule::{self, QuietHours};
 use voronka_core::{BroadcastId, ChannelId, WorkspaceId};
-use voronka_store::{
-    DueRecipient, FeedDecision, FollowUpRequest, OutboxState, PlanRequest, StoreError,
-};
+use voronka_store::{DueRecipient, FeedDecision, FollowUpRequest, PlanRequest, StoreError};
 
 /// Longest sleep of the scheduler.
 const SCHEDULER_IDLE: Duration = Duration::from_secs(1);
@@ -391,8 +389,16 @@ async fn set_local_times(b: &Broadcasts, st: &State) -> Result<(), StoreError> {
 }
 
 /// How many more rows each channel may take: the outbox holds about
-/// `buffer_seconds` of its rate, queued or being sent.
+/// `buffer_seconds` of its rate of this broadcast's rows, queued or being sent.
 async fn budgets(b: &Broadcasts, st: &State) -> Result<HashMap<ChannelId, i64>, StoreError> {
+    // Rows being sent count too: the delivery worker claims ahead, and what it holds
+    // still goes out after a pause.
+    let in_flight: HashMap<ChannelId, u64> = b
+        .store()
+        .broadcast_in_flight(st.ws, st.id)
+        .await?
+        .into_iter()
+        .collect();
     let mut out = HashMap::new();
     for ch in &st.targets {
         let Some((_, rate)) = st.channels.get(ch) else {
@@ -401,17 +407,8 @@ async fn budgets(b: &Broadcasts, st: &State) -> Result<HashMap<ChannelId, i64>, 
             continue;
         };
         let room = (rate * b.config().buffer_seconds).ceil().max(1.0) as i64;
-        let queued = b
-            .store()
-            .outbox_counts(Some(*ch))
-            .await?
-            .into_iter()
-            // Rows being sent count too: the delivery worker claims ahead, and what it
-            // holds still goes out after a pause.
-            .filter(|(s, _)| matches!(s, OutboxState::Queued | OutboxState::Sending))
-            .map(|(_, n)| n)
-            .sum::<u64>();
-        out.insert(*ch, room - i64::try_from(queued).unwrap_or(i64::MAX));
+        let busy = in_flight.get(ch).copied().unwrap_or(0);
+        out.insert(*ch, room - i64::try_from(busy).unwrap_or(i64::MAX));
     }
     Ok(out)
 }
@@ -466,29 +463,43 @@ fn rules(st: &State, r: &DueRecipient, now: Timestamp) -> Option<Result<SkipReas
 }
 
 async fn feed(b: &Broadcasts, st: &mut State, now: Timestamp) -> Result<Fed, StoreError> {
-    let mut budget = budgets(b, st).await?;
-    let room: i64 = budget.values().map(|v| (*v).max(0)).sum();
-    if room <= 0 {
+    let budget = budgets(b, st).await?;
+    if budget.values().all(|v| *v <= 0) {
         return Ok(Fed::Full);
     }
-    let limit = u32::try_from(room).unwrap_or(FEED_PAGE).min(FEED_PAGE);
-    let due = b
-        .store()
-        .due_recipients(st.ws, st.id, now, st.cap_since(now), st.with_fields, limit)
-        .await?;
+    // Each channel is filled from its own rows: with one page over all channels in id
+    // order, the first channel's recipients (contacts imported bot by bot) would hold
+    // every other channel idle until they were all sent.
+    let mut due = Vec::new();
+    let mut full_page = false;
+    let mut channels: Vec<(ChannelId, i64)> = budget.into_iter().filter(|(_, v)| *v > 0).collect();
+    channels.sort_unstable_by_key(|(ch, _)| *ch);
+    for (ch, room) in channels {
+        let limit = u32::try_from(room).unwrap_or(FEED_PAGE).min(FEED_PAGE);
+        let page = b
+            .store()
+            .due_recipients(
+                st.ws,
+                st.id,
+                Some(ch),
+                now,
+                st.cap_since(now),
+                st.with_fields,
+                limit,
+            )
+            .await?;
+        full_page |= page.len() as u32 == limit;
+        due.extend(page);
+        if due.len() >= FEED_PAGE as usize {
+            full_page = true;
+            break;
+        }
+    }
     if due.is_empty() {
         return Ok(Fed::Idle);
     }
-    let full_page = due.len() as u32 == limit;
     let mut decisions = Vec::with_capacity(due.len());
-    let mut held_back = 0usize;
     for r in &due {
-        let left = budget.entry(r.channel_id).or_insert(0);
-        if *left <= 0 {
-            // This channel's share of the outbox is full; the row waits for a later round.
-            held_back += 1;
-            continue;
-        }
         let decision = match rules(st, r, now) {
             Some(Ok(reason)) => FeedDecision::Skip {
                 recipient: r.id,
@@ -510,13 +521,10 @@ async fn feed(b: &Broadcasts, st: &mut State, now: Timestamp) -> Result<Fed, Sto
                         reason: SkipReason::RenderFailed,
                     },
                     Some(m) => match decide_message(b, st, r, r.channel_id, m, 0) {
-                        Ok(message) => {
-                            *left -= 1;
-                            FeedDecision::Queue {
-                                recipient: r.id,
-                                message,
-                            }
-                        }
+                        Ok(message) => FeedDecision::Queue {
+                            recipient: r.id,
+                            message,
+                        },
                         Err(reason) => FeedDecision::Skip {
                             recipient: r.id,
                             reason,
@@ -544,9 +552,7 @@ async fn feed(b: &Broadcasts, st: &mut State, now: Timestamp) -> Result<Fed, Sto
     if outcome.queued > 0 {
         b.messaging().wake_outbox();
     }
-    Ok(Fed::Some {
-        more: full_page && held_back == 0,
-    })
+    Ok(Fed::Some { more: full_page })
 }
 
 async fn pick_winner(

@@ -98,9 +98,10 @@ CREATE TABLE broadcast_recipients (
     -- the one row of a contact without an identity is unique too.
     UNIQUE NULLS NOT DISTINCT (broadcast_id, contact_id, identity_id)
 );
--- The feeder (planned rows by due time; id breaks ties so a page needs no sort), status
--- filters of the recipient list, pause/cancel and the "drained" check.
-CREATE INDEX broadcast_recipients_due ON broadcast_recipients(broadcast_id, status, run_at, id);
+-- The feeder (a channel's planned rows by due time, filled per channel so one channel's
+-- rows never starve the others; id breaks ties so a page needs no sort), status filters
+-- of the recipient list, pause/cancel and the "drained" check.
+CREATE INDEX broadcast_recipients_due ON broadcast_recipients(broadcast_id, status, channel_id, run_at, id);
 -- Segment leaves ("received / read / clicked broadcast N"), erasure and the contacts
 -- cascade.
 CREATE INDEX broadcast_recipients_contact ON broadcast_recipients(contact_id, broadcast_id);

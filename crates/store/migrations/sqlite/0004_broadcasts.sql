@@ -92,9 +92,10 @@ CREATE UNIQUE INDEX broadcast_recipients_unique
 -- of (broadcast_id, id) instead of sorting a million rows per page. Appended in order
 -- while planning, so it costs little.
 CREATE INDEX broadcast_recipients_broadcast ON broadcast_recipients(broadcast_id);
--- The feeder (planned rows by due time), status filters of the recipient list,
--- pause/cancel, follow-ups, recalls and the "drained" check.
-CREATE INDEX broadcast_recipients_due ON broadcast_recipients(broadcast_id, status, run_at);
+-- The feeder (a channel's planned rows by due time: it fills each channel's share of
+-- the outbox separately, so one channel's rows never starve the others), status filters
+-- of the recipient list, pause/cancel, follow-ups, recalls and the "drained" check.
+CREATE INDEX broadcast_recipients_due ON broadcast_recipients(broadcast_id, status, channel_id, run_at);
 -- Segment leaves ("received / read / clicked broadcast N"), erasure and the contacts
 -- cascade.
 CREATE INDEX broadcast_recipients_contact ON broadcast_recipients(contact_id, broadcast_id);

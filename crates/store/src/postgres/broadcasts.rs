@@ -1477,6 +1477,7 @@ impl BroadcastStore for PgStore {
         &self,
         ws: WorkspaceId,
         id: BroadcastId,
+        channel: Option<ChannelId>,
         now: Timestamp,
         cap_since: Timestamp,
         with_fields: bool,
@@ -1484,11 +1485,18 @@ impl BroadcastStore for PgStore {
     ) -> Result<Vec<DueRecipient>> {
         let mut conn = self.pool.acquire().await?;
         broadcast_exists(&mut conn, ws, id).await?;
+        // Two statements rather than `($5 IS NULL OR …)`: a generic plan could not use the
+        // channel column of the due index.
+        let on_channel = if channel.is_some() {
+            "AND r.channel_id = $5"
+        } else {
+            "AND $5::bigint IS NULL"
+        };
         let mut due = sqlx::query(&format!(
             "SELECT r.id AS rid, r.contact_id, r.identity_id, r.channel_id, r.variant, {PROFILE_COLS},
                     {}
              FROM broadcast_recipients r JOIN contacts c ON c.id = r.contact_id
-             WHERE r.broadcast_id = $1 AND r.status = 'planned' AND r.run_at <= $2
+             WHERE r.broadcast_id = $1 AND r.status = 'planned' {on_channel} AND r.run_at <= $2
              ORDER BY r.run_at, r.id LIMIT $4",
             recent("$3")
         ))
@@ -1496,6 +1504,7 @@ impl BroadcastStore for PgStore {
         .bind(now.as_microsecond())
         .bind(cap_since.as_microsecond())
         .bind(i64::from(limit.clamp(1, 10_000)))
+        .bind(channel.map(|ch| ch.0))
         .fetch_all(&mut *conn)
         .await?
         .iter()
@@ -1511,6 +1520,32 @@ impl BroadcastStore for PgStore {
             }
         }
         Ok(due)
+    }
+
+    async fn broadcast_in_flight(
+        &self,
+        ws: WorkspaceId,
+        id: BroadcastId,
+    ) -> Result<Vec<(ChannelId, u64)>> {
+        let mut conn = self.pool.acquire().await?;
+        broadcast_exists(&mut conn, ws, id).await?;
+        // The partial outbox_broadcast_live index holds exactly these rows.
+        let rows = sqlx::query(
+            "SELECT channel_id, count(*) AS n FROM outbox WHERE broadcast_id = $1
+             AND state IN ('queued', 'sending') GROUP BY channel_id",
+        )
+        .bind(id.0)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let n: i64 = r.try_get("n")?;
+                Ok((
+                    ChannelId(r.try_get("channel_id")?),
+                    u64::try_from(n).unwrap_or(0),
+                ))
+            })
+            .collect()
     }
 
     async fn next_recipient_due(

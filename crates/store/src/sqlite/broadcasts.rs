@@ -1306,6 +1306,7 @@ impl BroadcastStore for SqliteStore {
         &self,
         ws: WorkspaceId,
         id: BroadcastId,
+        channel: Option<ChannelId>,
         now: Timestamp,
         cap_since: Timestamp,
         with_fields: bool,
@@ -1315,7 +1316,8 @@ impl BroadcastStore for SqliteStore {
             status_of(c, ws, id)?;
             // Held rows have no run_at: the range of the due index leaves them out.
             let sql = format!(
-                "{} WHERE r.broadcast_id = ?2 AND r.status = 'planned' AND r.run_at <= ?3 \
+                "{} WHERE r.broadcast_id = ?2 AND r.status = 'planned' \
+                 AND (?5 IS NULL OR r.channel_id = ?5) AND r.run_at <= ?3 \
                  ORDER BY r.run_at, r.id LIMIT ?4",
                 due_select()
             );
@@ -1326,7 +1328,8 @@ impl BroadcastStore for SqliteStore {
                         us(cap_since),
                         id.0,
                         us(now),
-                        i64::from(limit.clamp(1, 10_000))
+                        i64::from(limit.clamp(1, 10_000)),
+                        channel.map(|ch| ch.0)
                     ],
                     due_row,
                 )?
@@ -1337,6 +1340,29 @@ impl BroadcastStore for SqliteStore {
                 }
             }
             Ok(rows)
+        })
+        .await
+    }
+
+    async fn broadcast_in_flight(
+        &self,
+        ws: WorkspaceId,
+        id: BroadcastId,
+    ) -> Result<Vec<(ChannelId, u64)>> {
+        self.read(move |c| {
+            status_of(c, ws, id)?;
+            // The partial outbox_broadcast_live index holds exactly these rows.
+            Ok(c.prepare_cached(
+                "SELECT channel_id, count(*) FROM outbox WHERE broadcast_id = ?1 \
+                 AND state IN ('queued', 'sending') GROUP BY channel_id",
+            )?
+            .query_map([id.0], |r| {
+                Ok((
+                    ChannelId(r.get(0)?),
+                    u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }
