@@ -600,6 +600,7 @@ impl BroadcastStore for FakeStore {
     ) -> Result<u64> {
         ni()
     }
+    #[allow(clippy::too_many_arguments)] // the feeder's one query, not a builder's worth
     async fn due_recipients(
         &self,
         _: WorkspaceId,

@@ -418,6 +418,7 @@ pub trait BroadcastStore {
     /// when `None`), oldest first, at most `limit`, with their profile, their fields when
     /// `with_fields`, and how many marketing messages went to the contact since
     /// `cap_since`.
+    #[allow(clippy::too_many_arguments)] // the feeder's one query, not a builder's worth
     async fn due_recipients(
         &self,
         ws: WorkspaceId,

@@ -70,10 +70,11 @@ impl Default for BroadcastsConfig {
         BroadcastsConfig {
             public_url: None,
             plan_batch: 2_000,
-            // A second of rate keeps the channel busy between the feeder's rounds
-            // (a fifth of a second apart) and bounds what a pause cannot pull back —
-            // the rows already being sent — to about a second of sending.
-            buffer_seconds: 1.0,
+            // A second and a half of rate, counting the rows delivery has claimed (at
+            // most a second of sending, see delivery.rs), keeps the channel busy between
+            // the feeder's rounds and bounds what a pause cannot pull back — the rows
+            // already being sent — to about a second of sending.
+            buffer_seconds: 1.5,
             tick: Duration::from_millis(200),
             progress_interval: Duration::from_millis(500),
             follow_up_interval: Duration::from_secs(2),

@@ -200,11 +200,12 @@ async fn work(m: Arc<Messaging>, rt: Arc<Runtime>, done: mpsc::UnboundedSender<O
     let lanes_allowed = Arc::new(Semaphore::new(MAX_LANES));
     let mut lanes: HashMap<String, mpsc::UnboundedSender<Claimed>> = HashMap::new();
     let lease = m.config().outbox_lease;
-    // About a second of sending per claim (less with a short lease: everything claimed
-    // must be sent well within it): enough to keep lanes busy, few enough that a crash
-    // re-sends little, memory stays flat with hundreds of channels, and other nodes
-    // could share the rest.
-    let seconds = 1.0_f64.min(lease.as_secs_f64() / 4.0);
+    // Half a second of sending per claim (less with a short lease: everything claimed
+    // must be sent well within it), claimed again when the lanes hold no more than that:
+    // at most a second of sending is ever claimed, which keeps lanes busy, re-sends
+    // little after a crash, keeps memory flat with hundreds of channels, and bounds what
+    // a broadcast's pause cannot pull back to a second.
+    let seconds = 0.5_f64.min(lease.as_secs_f64() / 4.0);
     let batch = ((caps.rate_per_account * seconds) as u32).clamp(4, 512);
     loop {
         if m.shutdown_token().is_cancelled() {

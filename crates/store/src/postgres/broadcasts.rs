@@ -1473,6 +1473,7 @@ impl BroadcastStore for PgStore {
         Ok(n)
     }
 
+    #[allow(clippy::too_many_arguments)] // the feeder's one query, not a builder's worth
     async fn due_recipients(
         &self,
         ws: WorkspaceId,

@@ -1302,6 +1302,7 @@ impl BroadcastStore for SqliteStore {
         .await
     }
 
+    #[allow(clippy::too_many_arguments)] // the feeder's one query, not a builder's worth
     async fn due_recipients(
         &self,
         ws: WorkspaceId,
@@ -1314,11 +1315,17 @@ impl BroadcastStore for SqliteStore {
     ) -> Result<Vec<DueRecipient>> {
         self.read(move |c| {
             status_of(c, ws, id)?;
-            // Held rows have no run_at: the range of the due index leaves them out.
+            // Held rows have no run_at: the range of the due index leaves them out. Two
+            // statements rather than `(?5 IS NULL OR …)`, which the planner cannot turn
+            // into a range of the due index's channel column.
+            let on_channel = if channel.is_some() {
+                "r.channel_id = ?5"
+            } else {
+                "?5 IS NULL"
+            };
             let sql = format!(
-                "{} WHERE r.broadcast_id = ?2 AND r.status = 'planned' \
-                 AND (?5 IS NULL OR r.channel_id = ?5) AND r.run_at <= ?3 \
-                 ORDER BY r.run_at, r.id LIMIT ?4",
+                "{} WHERE r.broadcast_id = ?2 AND r.status = 'planned' AND {on_channel} \
+                 AND r.run_at <= ?3 ORDER BY r.run_at, r.id LIMIT ?4",
                 due_select()
             );
             let mut rows = c
