@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use voronka_core::broadcast::{
     BroadcastMessage, BroadcastSpec, BroadcastStatus, FrequencyCap, Schedule, SkipReason,
     WinnerMetric,
@@ -30,6 +29,8 @@ const SCHEDULER_IDLE: Duration = Duration::from_secs(1);
 const FEED_PAGE: u32 = 1_000;
 /// Follow-ups decided per transaction.
 const FOLLOW_UP_PAGE: u32 = 500;
+/// How long planning goes on before the task feeds the outbox once.
+const PLAN_SLICE: Duration = Duration::from_millis(400);
 /// How often workspace settings are re-read by a task.
 const SETTINGS_TTL: Duration = Duration::from_secs(10);
 
@@ -111,17 +112,6 @@ struct State {
     local_times_set: bool,
     last_publish: Instant,
     last_follow_up: Option<Instant>,
-    /// The planning task while recipients are being selected: it runs beside the
-    /// feeder, so the first recipients are sent while the rest are still planned.
-    planner: Option<JoinHandle<Result<(), StoreError>>>,
-}
-
-impl Drop for State {
-    fn drop(&mut self) {
-        if let Some(p) = self.planner.take() {
-            p.abort();
-        }
-    }
 }
 
 fn uses_fields(m: &BroadcastMessage) -> bool {
@@ -165,7 +155,6 @@ impl State {
             local_times_set: false,
             last_publish: Instant::now(),
             last_follow_up: None,
-            planner: None,
         };
         st.refresh_settings(b).await?;
         Ok(st)
@@ -212,7 +201,7 @@ pub(crate) async fn run_broadcast(
             return;
         }
         let notified = wake.notified();
-        match round(&b, ws, id, &wake, &mut state).await {
+        match round(&b, ws, id, &mut state).await {
             Ok(Round::Stop) => {
                 b.publish(ws, id).await;
                 return;
@@ -259,10 +248,9 @@ enum Round {
 }
 
 async fn round(
-    b: &Arc<Broadcasts>,
+    b: &Broadcasts,
     ws: WorkspaceId,
     id: BroadcastId,
-    wake: &Arc<Notify>,
     state: &mut Option<State>,
 ) -> Result<Round, StoreError> {
     let bc = b.store().get_broadcast(ws, id).await?;
@@ -293,63 +281,50 @@ async fn round(
     let mut busy = false;
     // Planning.
     if bc.planned_at.is_none() {
-        // A finished planner whose broadcast is still unplanned failed: say why and
-        // start another.
-        if let Some(done) = st.planner.take_if(|h| h.is_finished()) {
-            match done.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(broadcast = %id, error = %e, "planning stopped; resuming it")
-                }
-                Err(e) => {
-                    tracing::error!(broadcast = %id, error = %e, "the planning task failed; resuming it")
-                }
+        let segment = match b.audience(ws, &st.spec).await {
+            Ok(s) => s,
+            Err(BroadcastError::Invalid(problems)) => {
+                tracing::error!(broadcast = %id, ?problems, "the audience no longer resolves; pausing the broadcast");
+                b.pause(ws, id).await?;
+                return Ok(Round::Stop);
             }
+            Err(BroadcastError::Store(e)) => return Err(e),
+        };
+        let req = PlanRequest {
+            segment,
+            channels: st.targets.clone(),
+            preferred_only: st.spec.channels == voronka_core::broadcast::ChannelChoice::Preferred,
+            topic: st.spec.topic.clone(),
+            percents: st.spec.variants.iter().map(|v| v.percent).collect(),
+            test_percent: st.spec.winner.map(|w| w.test_percent),
+            run_at: bc.send_at.or(bc.started_at).unwrap_or(now),
+            batch: b.config().plan_batch,
+        };
+        // Batches back to back for a while, then one feeding round: planning a million
+        // recipients is most of the work at the start, and SQLite's one writer does
+        // it faster in a run than interleaved with feeding, while the first messages
+        // still go out within a fraction of a second.
+        let started = Instant::now();
+        let p = loop {
+            let p = b.store().plan_broadcast_batch(ws, id, &req).await?;
+            if p.done || started.elapsed() >= PLAN_SLICE {
+                break p;
+            }
+        };
+        if p.done || st.last_publish.elapsed() >= b.config().progress_interval {
+            b.publish(ws, id).await;
+            st.last_publish = Instant::now();
         }
-        if st.planner.is_none() {
-            let segment = match b.audience(ws, &st.spec).await {
-                Ok(s) => s,
-                Err(BroadcastError::Invalid(problems)) => {
-                    tracing::error!(broadcast = %id, ?problems, "the audience no longer resolves; pausing the broadcast");
-                    b.pause(ws, id).await?;
-                    return Ok(Round::Stop);
-                }
-                Err(BroadcastError::Store(e)) => return Err(e),
-            };
-            let req = PlanRequest {
-                segment,
-                channels: st.targets.clone(),
-                preferred_only: st.spec.channels
-                    == voronka_core::broadcast::ChannelChoice::Preferred,
-                topic: st.spec.topic.clone(),
-                percents: st.spec.variants.iter().map(|v| v.percent).collect(),
-                test_percent: st.spec.winner.map(|w| w.test_percent),
-                run_at: bc.send_at.or(bc.started_at).unwrap_or(now),
-                batch: b.config().plan_batch,
-            };
-            let planner = b.clone();
-            let wake = wake.clone();
-            st.planner = Some(tokio::spawn(async move {
-                loop {
-                    if planner.shutdown_token().is_cancelled() {
-                        return Ok(());
-                    }
-                    let p = planner.store().plan_broadcast_batch(ws, id, &req).await?;
-                    if p.done {
-                        planner.publish(ws, id).await;
-                        wake.notify_one();
-                        return Ok(());
-                    }
-                }
-            }));
+        if !p.done {
+            busy = true;
         }
-        if local {
+        if local && !p.done {
             // Local times are set per time zone once everyone is planned; until then
             // nobody is due.
-            return Ok(Round::Idle);
+            return Ok(Round::Busy);
         }
     }
-    if local && !st.local_times_set && bc.planned_at.is_some() {
+    if local && !st.local_times_set && (bc.planned_at.is_some() || !busy) {
         set_local_times(b, st).await?;
         st.local_times_set = true;
     }
