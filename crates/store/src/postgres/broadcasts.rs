@@ -1418,6 +1418,17 @@ impl BroadcastStore for PgStore {
         let mut tx = self.pool.begin().await?;
         let p = plan_batch(&mut tx, ws, id, req).await?;
         tx.commit().await?;
+        if p.done {
+            // A planning run can add a million rows in seconds, long before autovacuum
+            // looks at the table; without fresh statistics the planner reads the
+            // feeder's per-channel due query as a scan of the whole broadcast.
+            if let Err(e) = sqlx::query("ANALYZE broadcast_recipients")
+                .execute(&self.pool)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot analyze broadcast_recipients after planning");
+            }
+        }
         Ok(p)
     }
 
