@@ -433,3 +433,182 @@ pub(crate) fn not_sending(current: BroadcastStatus) -> crate::StoreError {
 pub(crate) fn recipient_limit(limit: u32) -> i64 {
     i64::from(limit.clamp(1, 1000))
 }
+
+// ------------------------------------------------------------------------------------
+// Planning: which of a contact's identities gets the message (both backends).
+
+/// One identity of a contact, as the planner sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Candidate {
+    pub(crate) id: i64,
+    pub(crate) channel: i64,
+    pub(crate) state: String,
+    pub(crate) topic_ok: bool,
+    pub(crate) seen: Option<i64>,
+}
+
+impl Candidate {
+    /// Subscribed (with the topic): a message may go here.
+    pub(crate) fn usable(&self) -> bool {
+        self.state == "subscribed" && self.topic_ok
+    }
+
+    /// Why nothing may go here (None when usable).
+    pub(crate) fn refusal(&self) -> Option<SkipReason> {
+        if self.state == "blocked" {
+            Some(SkipReason::Blocked)
+        } else if self.state != "subscribed" {
+            Some(SkipReason::NotSubscribed)
+        } else if !self.topic_ok {
+            Some(SkipReason::TopicNotSubscribed)
+        } else {
+            None
+        }
+    }
+}
+
+/// How telling a skip reason is when several identities refuse: the row says the most
+/// telling one.
+fn weight(r: SkipReason) -> u8 {
+    match r {
+        SkipReason::Blocked => 3,
+        SkipReason::TopicNotSubscribed => 2,
+        SkipReason::NotSubscribed => 1,
+        _ => 0,
+    }
+}
+
+/// Most recently active first (never active last), then the newest identity.
+fn by_activity(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+    b.seen.cmp(&a.seen).then(b.id.cmp(&a.id))
+}
+
+/// The rows one contact gets: `(identity, reason)`; no reason = planned. Both backends
+/// plan with this one rule: the most recently active usable identity is planned, the
+/// other usable ones are skipped as duplicates; with nobody to message, one row carries
+/// the most telling refusal.
+pub(crate) fn decide(
+    mut cands: Vec<Candidate>,
+    preferred_only: bool,
+) -> Vec<(Option<Candidate>, Option<SkipReason>)> {
+    if cands.is_empty() {
+        return vec![(None, Some(SkipReason::NoIdentity))];
+    }
+    if preferred_only {
+        cands.sort_by(by_activity);
+        let first = cands.remove(0);
+        if let Some(reason) = first.refusal() {
+            return vec![(Some(first), Some(reason))];
+        }
+        let mut rows = vec![(Some(first), None)];
+        rows.extend(
+            cands
+                .into_iter()
+                .filter(Candidate::usable)
+                .map(|c| (Some(c), Some(SkipReason::DuplicatePerson))),
+        );
+        return rows;
+    }
+    cands.sort_by(|a, b| b.usable().cmp(&a.usable()).then_with(|| by_activity(a, b)));
+    if cands[0].usable() {
+        let mut it = cands.into_iter().filter(Candidate::usable);
+        let mut rows = Vec::new();
+        if let Some(first) = it.next() {
+            rows.push((Some(first), None));
+        }
+        rows.extend(it.map(|c| (Some(c), Some(SkipReason::DuplicatePerson))));
+        return rows;
+    }
+    // Nobody to message: one row, on the identity with the most telling refusal (the
+    // most recently active among equals, by the sort).
+    let mut best: Option<(Candidate, SkipReason)> = None;
+    for c in cands {
+        let reason = c.refusal().unwrap_or(SkipReason::NotSubscribed);
+        if best
+            .as_ref()
+            .is_none_or(|(_, r)| weight(reason) > weight(*r))
+        {
+            best = Some((c, reason));
+        }
+    }
+    match best {
+        Some((c, r)) => vec![(Some(c), Some(r))],
+        None => vec![(None, Some(SkipReason::NoIdentity))],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(id: i64, state: &str, topic_ok: bool, seen: Option<i64>) -> Candidate {
+        Candidate {
+            id,
+            channel: 1,
+            state: state.into(),
+            topic_ok,
+            seen,
+        }
+    }
+
+    fn shape(
+        rows: Vec<(Option<Candidate>, Option<SkipReason>)>,
+    ) -> Vec<(Option<i64>, Option<SkipReason>)> {
+        rows.into_iter()
+            .map(|(c, r)| (c.map(|c| c.id), r))
+            .collect()
+    }
+
+    #[test]
+    fn the_most_recently_active_subscribed_identity_wins() {
+        let rows = decide(
+            vec![
+                cand(1, "subscribed", true, Some(10)),
+                cand(2, "subscribed", true, Some(20)),
+                cand(3, "unsubscribed", true, Some(30)),
+                cand(4, "subscribed", true, None),
+            ],
+            false,
+        );
+        assert_eq!(
+            shape(rows),
+            vec![
+                (Some(2), None),
+                (Some(1), Some(SkipReason::DuplicatePerson)),
+                (Some(4), Some(SkipReason::DuplicatePerson)),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_most_telling_refusal_is_recorded() {
+        let rows = decide(
+            vec![
+                cand(1, "unsubscribed", true, Some(10)),
+                cand(2, "subscribed", false, None),
+                cand(3, "blocked", true, None),
+            ],
+            false,
+        );
+        assert_eq!(shape(rows), vec![(Some(3), Some(SkipReason::Blocked))]);
+        assert_eq!(
+            shape(decide(vec![], false)),
+            vec![(None, Some(SkipReason::NoIdentity))]
+        );
+    }
+
+    #[test]
+    fn preferred_only_looks_at_the_latest_identity() {
+        let rows = decide(
+            vec![
+                cand(1, "subscribed", true, Some(10)),
+                cand(2, "unsubscribed", true, Some(20)),
+            ],
+            true,
+        );
+        assert_eq!(
+            shape(rows),
+            vec![(Some(2), Some(SkipReason::NotSubscribed))]
+        );
+    }
+}
